@@ -1,0 +1,31 @@
+# make install: venv, package, dev deps, warmed numba cache.  make test: the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+
+.PHONY: install test bench lint demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# pymatting compiles with numba on first import (~50 s); pay it here, once.
+	$(PY) -m bgrm.warm
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/bench.py
+
+lint: install
+	$(VENV)/bin/ruff check bgrm tests bench
+
+demo: install
+	$(VENV)/bin/bgrm image fixtures/astronaut.png fixtures/chelsea.png fixtures/rocket.jpg -o demo --json
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info

@@ -1,0 +1,3 @@
+from bgrm.cli import main
+
+main()

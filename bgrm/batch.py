@@ -1,0 +1,138 @@
+"""Many inputs per run: expand them, name the outputs, run the jobs, collect results."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bgrm.errors import BgrmError
+from bgrm.models import ResolvedModel
+from bgrm.outputs import SUFFIX, is_output_name, remove_leftovers
+from bgrm.report import Result
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".mpg",
+                    ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+# Where each kind of job is done, imported only when a job of that kind runs.
+PROCESSORS = {"image": "bgrm.image", "video": "bgrm.video.pipeline"}
+EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How the model runs, the same for every file of a run."""
+
+    model: ResolvedModel
+    device: str = "auto"
+    threads: int | None = None
+    skip_existing: bool = False
+    traceback: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # image | video
+    src: Path
+    dst: Path
+    name: str  # the input as the user named it
+    options: Any  # ImageOptions | VideoOptions
+    runtime: Runtime
+
+
+def expand(inputs: list[str], kind: str, recursive: bool) -> list[Path | Result]:
+    """Files as given; folders as their images (or videos), never bgrm's own outputs.
+
+    A missing input becomes a failed Result in its place, so the report keeps
+    the order the user gave.
+    """
+    files: list[Path | Result] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            files.extend(sorted(p for p in found if p.is_file()
+                                and p.suffix.lower() in EXTENSIONS[kind]
+                                and not is_output_name(p)))
+        elif path.exists():
+            files.append(path)
+        else:
+            files.append(Result(item, error=f"{item}: no such file or folder"))
+    return files
+
+
+def name_outputs(files: list[Path], output_dir: Path | None, ext: str) -> list[Path]:
+    """``<stem>_processed.<ext>`` beside each input or in ``output_dir``.
+
+    Two inputs that would share an output (same stem from different folders
+    into one output folder) never overwrite each other: later ones get
+    ``_2``, ``_3``... in input order, so reruns give the same names.
+    """
+    taken: set[Path] = set()
+    inputs = {p.resolve() for p in files}
+    names = []
+    for src in files:
+        folder = output_dir if output_dir is not None else src.parent
+        base = f"{src.stem}{SUFFIX}"
+        dst = folder / f"{base}.{ext}"
+        n = 2
+        while dst.resolve() in taken or dst.resolve() in inputs:
+            dst = folder / f"{base}_{n}.{ext}"
+            n += 1
+        taken.add(dst.resolve())
+        names.append(dst)
+    return names
+
+
+def run_job(job: Job, progress: Callable[[int], None]) -> Result:
+    """Process one file; every failure becomes the result's error, never an exception."""
+    if job.runtime.skip_existing and job.dst.exists():
+        return Result(job.name, job.dst, skipped=True)
+    try:
+        from bgrm.segment import get_segmenter
+
+        segmenter = get_segmenter(job.runtime.model, job.runtime.device, job.runtime.threads)
+        module = importlib.import_module(PROCESSORS[job.kind])
+        notes = module.process_file(job.src, job.dst, job.options, segmenter, progress)
+        return Result(job.name, job.dst, notes=list(notes or []))
+    except BgrmError as exc:
+        return Result(job.name, error=str(exc))
+    except MemoryError:
+        return Result(job.name, error=f"{job.name}: out of memory")
+    except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the batch
+        return Result(job.name, error=f"{job.name}: internal error: {type(exc).__name__}: {exc}",
+                      traceback=traceback.format_exc())
+
+
+def _death(job: Job, pid: int, exitcode: int | None) -> Result:
+    remove_leftovers({job.dst.parent}, pid)
+    how = f"killed by signal {-exitcode}" if exitcode and exitcode < 0 else f"exit {exitcode}"
+    hint = " (out of memory?)" if exitcode == -9 else ""
+    return Result(job.name, error=f"{job.name}: the worker processing it died ({how}){hint}")
+
+
+def default_workers(kind: str, count: int) -> int:
+    """Processes for a batch: one per core for many images; video uses all cores per file."""
+    cores = os.cpu_count() or 1
+    if kind == "video" or count < 3:
+        return 1
+    return min(cores, count)
+
+
+def run(jobs: list[Job], workers: int, on_progress: Callable[[int, int], None],
+        on_result: Callable[[int, Result], None]) -> list[Result]:
+    """Run the jobs inline (one worker) or on a pool; results in input order."""
+    if workers <= 1 or len(jobs) <= 1:
+        results = []
+        for i, job in enumerate(jobs):
+            result = run_job(job, lambda n, i=i: on_progress(i, n))
+            on_result(i, result)
+            results.append(result)
+        return results
+    from bgrm.pool import run_pool
+
+    return run_pool(jobs, run_job, workers, on_progress=on_progress, on_result=on_result,
+                    on_death=_death)

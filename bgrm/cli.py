@@ -1,0 +1,171 @@
+"""The command line: parse, build options, run, report. Nothing heavy at import.
+
+``bgrm --help`` must stay fast, so onnxruntime, pymatting, numba, scipy and
+imageio are imported only inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from bgrm import __version__
+from bgrm.errors import BgrmError, ExitStatus, ParameterError
+from bgrm.options import PARAMS, from_params, params_for, parse_color
+
+
+class ColorType(click.ParamType):
+    name = "HEX"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_color(value, param.opts[0] if param else "color")
+        except ParameterError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _click_option(p):
+    """One PARAMS row -> a Click option with the same range and default."""
+    kwargs: dict = {"help": p.help, "default": None}
+    if p.kind == "bool":
+        return click.option(p.flag, p.name, is_flag=True, default=None, help=p.help)
+    if p.kind == "int":
+        kwargs["type"] = click.IntRange(p.lo, p.hi)
+        if p.default is not None:
+            kwargs["help"] += f"  [default: {p.default}]"
+    elif p.kind == "float":
+        kwargs["type"] = float
+        kwargs["help"] += f"  [default: {p.default}]"
+    elif p.kind == "choice":
+        kwargs["type"] = click.Choice(p.choices)
+        kwargs["help"] += f"  [default: {p.default}]"
+    elif p.kind == "color":
+        kwargs["type"] = ColorType()
+        kwargs["help"] += "  [default: #%02x%02x%02x]" % p.default
+    elif p.kind == "path":
+        kwargs["type"] = click.Path(exists=True, dir_okay=False, path_type=Path)
+    return click.option(p.flag, p.name, **kwargs)
+
+
+def job_options(job: str):
+    """Decorator: the API parameters of ``job`` plus the run options both jobs share."""
+
+    def decorate(fn):
+        shared = [
+            click.argument("inputs", nargs=-1, required=True),
+            click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path),
+                         help="Write outputs here instead of beside each input."),
+            click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False),
+                         help="The hosted API's params as a JSON file; flags given here win."),
+            click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders."),
+            click.option("-j", "--jobs", type=click.IntRange(1, 256),
+                         help="Files processed in parallel [default: by file count and cores]."),
+            click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+                         show_default=True, help="Where the model runs."),
+            click.option("--threads", type=click.IntRange(1, 256),
+                         help="onnxruntime threads per process [default: cores / jobs]."),
+            click.option("--skip-existing", is_flag=True,
+                         help="Leave inputs whose output already exists (resume a batch)."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="Print the API's results object on stdout."),
+            click.option("--progress/--no-progress", default=None,
+                         help="Progress bar on stderr [default: when stderr is a terminal]."),
+            click.option("--traceback", "show_traceback", is_flag=True,
+                         help="Show the full traceback of failures."),
+            click.option("--scheduler", metavar="ADDRESS",
+                         help="Run the batch on a Dask cluster (tcp://HOST:PORT)."),
+        ]
+        for decorator in reversed([*(_click_option(p) for p in params_for(job)), *shared]):
+            fn = decorator(fn)
+        return fn
+
+    return decorate
+
+
+def _options(job: str, ctx: click.Context, kwargs: dict, params_file: str | None):
+    """Options from --params and the flags; flags the user typed win."""
+    params: dict = {}
+    if params_file:
+        try:
+            params = json.loads(Path(params_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"--params {params_file}: not a JSON object ({exc})") from None
+        if not isinstance(params, dict):
+            raise ParameterError(f"--params {params_file}: not a JSON object")
+    typed = {
+        p.name: kwargs[p.name] for p in params_for(job)
+        if ctx.get_parameter_source(p.name) in (click.core.ParameterSource.COMMANDLINE,
+                                                 click.core.ParameterSource.ENVIRONMENT)
+        and kwargs[p.name] is not None
+    }
+    return from_params(job, params, typed)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "max_content_width": 100})
+@click.version_option(__version__, prog_name="bgrm")
+def cli():
+    """Remove backgrounds from images and videos, offline, with U^2-Net models."""
+
+
+@cli.command()
+@job_options("image")
+@click.pass_context
+def image(ctx, **kwargs):
+    """Remove the background from images: files, folders, or - for stdin.
+
+    Each INPUT gives <stem>_processed.png beside it (or in --output-dir).
+    """
+    from bgrm.run import run_command
+
+    _run(ctx, "image", kwargs, run_command)
+
+
+@cli.command()
+@job_options("video")
+@click.pass_context
+def video(ctx, **kwargs):
+    """Remove the background from videos, in one of seven output formats.
+
+    Each INPUT gives <stem>_processed.<ext> beside it (or in --output-dir).
+    """
+    from bgrm.run import run_command
+
+    _run(ctx, "video", kwargs, run_command)
+
+
+def _run(ctx, job: str, kwargs: dict, run_command) -> None:
+    opts = _options(job, ctx, kwargs, kwargs.pop("params_file"))
+    for p in PARAMS:
+        kwargs.pop(p.name, None)
+    ctx.exit(run_command(job, opts, **kwargs))
+
+
+def main() -> None:
+    """Entry point: map errors and Ctrl-C to exit statuses, in this one place."""
+    show_traceback = "--traceback" in sys.argv
+    try:
+        status = cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        status = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        status = exc.exit_code
+    except click.exceptions.Abort:
+        status = ExitStatus.INTERRUPTED
+    except KeyboardInterrupt:
+        click.echo("bgrm: interrupted", err=True)
+        status = ExitStatus.INTERRUPTED
+    except BgrmError as exc:
+        if show_traceback:
+            import traceback
+
+            traceback.print_exc()
+        click.echo(f"bgrm: {exc}", err=True)
+        status = exc.exit_status
+    sys.exit(int(status or 0))

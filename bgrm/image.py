@@ -1,0 +1,131 @@
+"""One image: decode (orientation, any mode) -> mask -> matte -> compose -> PNG."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bgrm import compose
+from bgrm.errors import InputError
+from bgrm.options import ImageOptions
+
+# Beyond this many pixels an image is refused before it is decoded: a
+# 30000x30000 "decompression bomb" would need ~10 GB just to hold. 16-bit
+# scans and 100 MP medium-format photos still fit.
+MAX_PIXELS = 150_000_000
+PNG_COMPRESS_LEVEL = 6
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray  # HxWx3 uint8, upright
+    alpha: np.ndarray | None  # the input's own transparency, if it had any
+    notes: list[str] = field(default_factory=list)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit greyscale -> 'L' by scaling, not by clipping at 255."""
+    arr = np.asarray(im)
+    top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+    if im.mode == "F":
+        top = max(float(arr.max()), 1.0)
+    return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def decode(data: bytes | Path, name: str) -> Decoded:
+    """Read an image file (or bytes) into upright 8-bit RGB plus its own alpha."""
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bomb size is checked below, by us
+            im = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise InputError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than "
+                                 f"the {MAX_PIXELS // 1_000_000} MP bgrm will decode "
+                                 "(refused to protect memory)")
+            if getattr(im, "n_frames", 1) > 1:
+                notes.append(f"{name}: animated ({im.n_frames} frames); processed the first "
+                             "frame (use `bgrm video` for all of them)")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image bgrm can read "
+                         "(unknown or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise InputError(f"{name}: corrupt or truncated image ({reason})") from None
+    if im.width < 1 or im.height < 1:
+        raise InputError(f"{name}: image has no pixels")
+    alpha = None
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        im = _to_8bit(im)
+    if im.mode == "P" or im.mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"))
+        if alpha.min() == 255:
+            alpha = None
+        # The model sees transparent areas as white, not as whatever colour
+        # happens to hide under alpha 0.
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    rgb = np.asarray(im.convert("RGB"))
+    return Decoded(rgb, alpha, notes)
+
+
+@lru_cache(maxsize=4)
+def load_background(path: Path) -> Image.Image:
+    """The --bg-image picture, read once per process."""
+    decoded = decode(path, f"background {path}")
+    return Image.fromarray(decoded.rgb)
+
+
+def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
+    """Decoded image -> the output picture for these options."""
+    rgb = decoded.rgb
+    mask = np.asarray(segmenter.mask(Image.fromarray(rgb)))
+    fg = rgb
+    if opts.matting.enabled:
+        from bgrm.matte import matte
+
+        alpha, fg = matte(rgb, mask, opts.matting)
+    else:
+        alpha = mask
+    if decoded.alpha is not None:
+        # What was already transparent in the input stays transparent.
+        alpha = (alpha.astype(np.uint16) * decoded.alpha // 255).astype(np.uint8)
+    if opts.only_mask:
+        return Image.fromarray(alpha)
+    if opts.bg_type == "color":
+        return Image.fromarray(compose.over(fg, alpha, opts.bg_color))
+    if opts.bg_type == "image":
+        back = compose.cover(load_background(opts.bg_image), (rgb.shape[1], rgb.shape[0]))
+        return Image.fromarray(compose.over(fg, alpha, back))
+    return Image.fromarray(compose.cutout(fg, alpha))
+
+
+def encode_png(picture: Image.Image, out) -> None:
+    picture.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None) -> list[str]:
+    """Read ``src``, write its result to ``dst`` atomically; return notes for the user."""
+    from bgrm.outputs import atomic_path
+
+    decoded = decode(src, str(src))
+    picture = render(decoded, opts, segmenter)
+    with atomic_path(dst) as tmp:
+        encode_png(picture, tmp)
+    if progress:
+        progress(1)
+    return decoded.notes

@@ -1,0 +1,263 @@
+"""The API's parameters as one table, and the immutable options built from them.
+
+Every parameter is described once, in ``PARAMS``: the CLI builds its Click
+options from these rows, and ``from_params`` validates a hosted-API params dict
+with the same rows, so a value is accepted or refused the same way whichever
+door it came in by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from bgrm.errors import ParameterError
+
+MODEL_NAMES = ("u2net", "u2net_human_seg", "u2netp")
+BG_TYPES = ("transparent", "color", "image")
+VIDEO_FORMATS = (
+    "mov",
+    "mattekey",
+    "gif",
+    "video_over_image",
+    "video_over_video",
+    "gif_with_bg",
+    "mp4_with_color",
+)
+CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremover"}
+
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
+
+
+def parse_color(value: str, name: str = "color") -> tuple[int, int, int]:
+    """'#rrggbb', 'rrggbb' or '#rgb' -> (r, g, b)."""
+    m = _HEX.match(str(value).strip())
+    if not m:
+        raise ParameterError(f"{name}: {value!r} is not a hex colour like '#00ff00'")
+    digits = m.group(1)
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    return tuple(int(digits[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One API parameter: its name, kind, default and allowed values."""
+
+    name: str  # the API's name; the CLI option is the same with dashes
+    kind: str  # bool | int | choice | color | model | path
+    default: Any
+    help: str
+    lo: int | None = None
+    hi: int | None = None
+    choices: tuple[str, ...] = ()
+    jobs: tuple[str, ...] = ("image", "video")
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def allowed(self) -> str:
+        if self.kind == "int":
+            hi = "" if self.hi is None else str(self.hi)
+            return f"an integer {self.lo}-{hi}" if hi else f"an integer >= {self.lo}"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "color":
+            return "a hex colour like '#00ff00'"
+        return "a value"
+
+    def convert(self, value: Any) -> Any:
+        """Validate and convert an API value (a string or a typed JSON value)."""
+        where = f"{self.name} ({self.flag})"
+        if value is None or value == "":
+            return self.default
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ParameterError(f"{where}: {value!r} is not {self.allowed()}")
+        if self.kind == "int":
+            if isinstance(value, bool):
+                raise ParameterError(f"{where}: {value!r} is not {self.allowed()}")
+            try:
+                number = int(str(value).strip()) if not isinstance(value, int) else value
+            except ValueError:
+                raise ParameterError(f"{where}: {value!r} is not {self.allowed()}") from None
+            if (self.lo is not None and number < self.lo) or (
+                self.hi is not None and number > self.hi
+            ):
+                raise ParameterError(f"{where}: {number} is out of range, allowed: {self.allowed()}")
+            return number
+        if self.kind == "choice":
+            text = str(value).strip()
+            if text not in self.choices:
+                raise ParameterError(f"{where}: {value!r} is not {self.allowed()}")
+            return text
+        if self.kind == "color":
+            return parse_color(value, where)
+        if self.kind == "float":
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ParameterError(f"{where}: {value!r} is not a number") from None
+        if self.kind == "model":
+            return str(value).strip()
+        if self.kind == "path":
+            return Path(str(value))
+        raise AssertionError(self.kind)
+
+
+_MATTING = ("image", "video")
+PARAMS: tuple[Param, ...] = (
+    Param("model", "model", None,
+          "u2net, u2net_human_seg, u2netp, or a path to a U^2-Net-shaped .onnx "
+          "[default: u2net if installed, else the bundled u2netp]"),
+    Param("alpha_matting", "bool", False, "Refine edges (hair, fur) with alpha matting."),
+    Param("alpha_fg", "int", 240, "Trimap foreground threshold.", lo=0, hi=255),
+    Param("alpha_bg", "int", 10, "Trimap background threshold.", lo=0, hi=255),
+    Param("alpha_erode", "int", 10, "Edge erosion size.", lo=1, hi=25),
+    Param("alpha_base_size", "int", 1000, "Longer side at which the matte is solved.",
+          lo=64, hi=8000),
+    Param("only_mask", "bool", False, "Write the black/white mask instead of a cutout.",
+          jobs=("image",)),
+    Param("bg_type", "choice", "transparent", "Background of the output.",
+          choices=BG_TYPES, jobs=("image",)),
+    Param("bg_color_value", "color", (255, 255, 255), "Background colour for --bg-type color.",
+          jobs=("image",)),
+    Param("video_format", "choice", "mov", "Output format.", choices=VIDEO_FORMATS,
+          jobs=("video",)),
+    Param("video_bg_color_enabled", "bool", False,
+          "Solid colour background (API compatibility; implied by mp4_with_color).",
+          jobs=("video",)),
+    Param("video_bg_color", "color", (0, 255, 0), "Background colour for mp4_with_color.",
+          jobs=("video",)),
+    Param("framerate", "int", None, "Output frame rate [default: the input's].", lo=1, hi=60,
+          jobs=("video",)),
+    Param("frame_limit", "int", None, "Process only the first N frames.", lo=1,
+          jobs=("video",)),
+    # Not in the hosted API (it takes uploads); needed to name a background offline.
+    Param("bg_image", "path", None, "Background picture (bg_type=image, video_over_image, "
+          "gif_with_bg), scaled to cover, centred."),
+    Param("bg_video", "path", None, "Background video for video_over_video (looped or cut).",
+          jobs=("video",)),
+    Param("temporal_smoothing", "float", 0.6, "Steadiness of video masks, 0 turns it off.",
+          jobs=("video",)),
+)
+PARAM_BY_NAME = {p.name: p for p in PARAMS}
+# Keys a migrating user's params dict may carry that select nothing here.
+_IGNORED_KEYS = {"lang"}
+
+
+@dataclass(frozen=True)
+class MattingOptions:
+    enabled: bool = False
+    fg: int = 240
+    bg: int = 10
+    erode: int = 10
+    base_size: int = 1000
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    model: str | None = None
+    matting: MattingOptions = field(default_factory=MattingOptions)
+    only_mask: bool = False
+    bg_type: str = "transparent"
+    bg_color: tuple[int, int, int] = (255, 255, 255)
+    bg_image: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.bg_type == "image" and self.bg_image is None:
+            raise ParameterError("bg_type (--bg-type) image needs a picture: --bg-image PATH")
+        if self.bg_image is not None and self.bg_type != "image":
+            raise ParameterError("--bg-image is used only with --bg-type image")
+        if self.only_mask and self.bg_type != "transparent":
+            raise ParameterError("only_mask (--only-mask) cannot be combined with --bg-type "
+                                 f"{self.bg_type}")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    model: str | None = None
+    matting: MattingOptions = field(default_factory=MattingOptions)
+    video_format: str = "mov"
+    video_bg_color_enabled: bool = False
+    video_bg_color: tuple[int, int, int] = (0, 255, 0)
+    framerate: int | None = None
+    frame_limit: int | None = None
+    bg_image: Path | None = None
+    bg_video: Path | None = None
+    temporal_smoothing: float = 0.6
+
+    def __post_init__(self) -> None:
+        fmt = self.video_format
+        needs_image = fmt in ("video_over_image", "gif_with_bg")
+        if needs_image and self.bg_image is None:
+            raise ParameterError(f"video_format {fmt} needs a background: --bg-image PATH")
+        if fmt == "video_over_video" and self.bg_video is None:
+            raise ParameterError("video_format video_over_video needs a background: "
+                                 "--bg-video PATH")
+        if self.bg_image is not None and not needs_image:
+            raise ParameterError(f"--bg-image is not used by video_format {fmt}")
+        if self.bg_video is not None and fmt != "video_over_video":
+            raise ParameterError(f"--bg-video is not used by video_format {fmt}")
+        if self.video_bg_color_enabled and fmt != "mp4_with_color":
+            raise ParameterError(
+                "video_bg_color_enabled (--video-bg-color-enabled) applies only to "
+                f"video_format mp4_with_color, not {fmt}")
+        if not 0.0 <= self.temporal_smoothing < 1.0:
+            raise ParameterError("--temporal-smoothing must be at least 0 and below 1, "
+                                 f"got {self.temporal_smoothing}")
+
+
+def params_for(job: str) -> tuple[Param, ...]:
+    return tuple(p for p in PARAMS if job in p.jobs)
+
+
+def from_params(job: str, params: Mapping[str, Any],
+                overrides: Mapping[str, Any] | None = None) -> ImageOptions | VideoOptions:
+    """Build options for ``job`` ('image' or 'video') from an API params dict.
+
+    ``overrides`` are values the user gave explicitly on the command line; they
+    win over the dict. Both are validated by the same ``PARAMS`` rows.
+    """
+    values: dict[str, Any] = {p.name: p.default for p in params_for(job)}
+    for key, raw in params.items():
+        if key == "convert_to":
+            if raw != CONVERT_TO[job]:
+                raise ParameterError(f"convert_to: {raw!r} does not match the "
+                                     f"'{job}' command (expected {CONVERT_TO[job]!r})")
+            continue
+        if key in _IGNORED_KEYS:
+            continue
+        param = PARAM_BY_NAME.get(key)
+        if param is None or job not in param.jobs:
+            known = ", ".join(p.name for p in params_for(job))
+            raise ParameterError(f"unknown parameter {key!r} for {job}; known: {known}")
+        values[key] = param.convert(raw)
+    for key, value in (overrides or {}).items():
+        values[key] = PARAM_BY_NAME[key].convert(value)
+    return build(job, values)
+
+
+def build(job: str, values: Mapping[str, Any]) -> ImageOptions | VideoOptions:
+    matting = MattingOptions(
+        enabled=bool(values["alpha_matting"]), fg=values["alpha_fg"], bg=values["alpha_bg"],
+        erode=values["alpha_erode"], base_size=values["alpha_base_size"])
+    common = {"model": values["model"] or None, "matting": matting}
+    if job == "image":
+        return ImageOptions(**common, only_mask=bool(values["only_mask"]),
+                            bg_type=values["bg_type"], bg_color=values["bg_color_value"],
+                            bg_image=values["bg_image"])
+    fields = {f.name for f in dataclasses.fields(VideoOptions)} - {"model", "matting"}
+    return VideoOptions(**common, **{k: values[k] for k in fields})

@@ -1,0 +1,59 @@
+"""Output names and atomic writes: a file is either complete or not there."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import Iterator
+
+from bgrm.errors import OutputError
+
+TMP_MARK = ".bgrm-tmp-"
+SUFFIX = "_processed"
+
+
+def tmp_name(dst: Path) -> Path:
+    """A hidden sibling of ``dst`` that keeps its extension (ffmpeg picks the
+    container from it) and carries the pid, so leftovers can be traced."""
+    return dst.with_name(f".{dst.stem}{TMP_MARK}{os.getpid()}{dst.suffix}")
+
+
+def describe_os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def atomic_path(dst: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it onto ``dst`` only on success.
+
+    On any failure, Ctrl-C included, the temporary file is removed and ``dst``
+    is left as it was.
+    """
+    tmp = tmp_name(dst)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def remove_leftovers(folders, pid: int) -> None:
+    """Remove temporary files a killed worker ``pid`` may have left in ``folders``."""
+    for folder in folders:
+        for path in Path(folder).glob(f".*{TMP_MARK}{pid}.*"):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def is_output_name(path: Path) -> bool:
+    """True for files bgrm itself wrote (``*_processed.*``) and its temporaries."""
+    return path.stem.endswith(SUFFIX) or TMP_MARK in path.name

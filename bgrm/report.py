@@ -1,0 +1,41 @@
+"""Per-file results and the hosted API's results object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bgrm.errors import ExitStatus
+
+
+@dataclass
+class Result:
+    """What became of one input: an output written, or a reason it was not."""
+
+    src: str  # the input as the user named it
+    dst: Path | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    traceback: str | None = None
+    skipped: bool = False  # --skip-existing found the output already there
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def api_results(results: list[Result]) -> dict:
+    """The hosted API's answer for a finished job, for ``--json``."""
+    return {
+        "files": [{"url": str(r.dst), "filename": r.dst.name} for r in results
+                  if r.ok and r.dst is not None],
+        "failed": [{"filename": Path(r.src).name, "error": r.error} for r in results
+                   if not r.ok],
+        "errors": [r.error for r in results if not r.ok],
+        "finished": True,
+        "queue_count": 0,
+    }
+
+
+def exit_status(results: list[Result]) -> ExitStatus:
+    return ExitStatus.OK if all(r.ok for r in results) else ExitStatus.FAILED

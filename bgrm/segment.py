@@ -1,0 +1,122 @@
+"""U^2-Net segmentation on onnxruntime: an RGB frame in, a full-size mask out.
+
+The pre- and post-processing follow rembg's U2netSession step for step (Lanczos
+to the model size, scale by the image maximum, ImageNet mean/std, min-max of
+the first output, Lanczos back), so masks match rembg's for the same model.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+from bgrm.errors import ModelError
+from bgrm.models import ResolvedModel
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise ModelError("--device cuda: onnxruntime has no CUDA support here; "
+                         "install it with: pip install 'bgrm[gpu]'")
+    return ["CPUExecutionProvider"]
+
+
+class Segmenter:
+    """One onnxruntime session, loaded once and reused for every frame."""
+
+    def __init__(self, model: ResolvedModel, device: str = "auto", threads: int | None = None,
+                 spinning: bool = True):
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        if not spinning:
+            # Spinning threads steal the cores that decoding and encoding need.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(model.path), sess_options=opts,
+                                                providers=_providers(device))
+        except ModelError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise ModelError("--device cuda: the CUDA provider failed to load "
+                             "(check the CUDA/cuDNN libraries)")
+        if device == "auto" and _providers("auto")[0] != "CPUExecutionProvider" and \
+                "CUDAExecutionProvider" not in self.session.get_providers():
+            print("bgrm: CUDA is not usable here; running on the CPU", file=sys.stderr)
+        self.model = model
+        self.input_name, self.size = self._check_shape(model)
+        self.mean = np.array(model.spec.mean, dtype=np.float32)
+        self.std = np.array(model.spec.std, dtype=np.float32)
+
+    def _check_shape(self, model: ResolvedModel) -> tuple[str, tuple[int, int]]:
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        where = f"model {model.path}"
+        if len(inputs) != 1 or not outputs:
+            raise ModelError(f"{where}: expected one image input and a saliency output, "
+                             f"found {len(inputs)} inputs and {len(outputs)} outputs")
+        inp = inputs[0]
+        shape = inp.shape
+        if len(shape) != 4 or shape[1] not in (3, "3") or "float" not in inp.type:
+            raise ModelError(f"{where}: input {inp.name!r} is {inp.type} {shape}; "
+                             "a U^2-Net model takes float NCHW with 3 channels")
+        out_shape = outputs[0].shape
+        if len(out_shape) != 4 or out_shape[1] not in (1, "1", None) and \
+                not isinstance(out_shape[1], str):
+            raise ModelError(f"{where}: first output is {out_shape}; a U^2-Net model "
+                             "gives a 1-channel saliency map N x 1 x H x W")
+        h, w = shape[2], shape[3]
+        if isinstance(h, int) and isinstance(w, int):
+            return inp.name, (w, h)
+        return inp.name, model.spec.input_size
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> the model's input tensor (1, 3, H, W)."""
+        small = image.convert("RGB").resize(self.size, Image.Resampling.LANCZOS,
+                                            reducing_gap=3.0)
+        arr = np.asarray(small, dtype=np.float32)
+        arr /= max(float(arr.max()), 1e-6)
+        arr = (arr - self.mean) / self.std
+        return arr.transpose(2, 0, 1)[None]
+
+    def predict(self, tensor: np.ndarray) -> np.ndarray:
+        """Model input -> the saliency map at model size, uint8 0-255."""
+        pred = self.session.run(None, {self.input_name: tensor})[0][0, 0]
+        lo, hi = float(pred.min()), float(pred.max())
+        pred = (pred - lo) / max(hi - lo, 1e-12)
+        return (pred * 255).astype(np.uint8)
+
+    def mask(self, image: Image.Image) -> Image.Image:
+        """RGB image -> mask ('L') at the image's full size."""
+        small = Image.fromarray(self.predict(self.prepare(image)), mode="L")
+        return small.resize(image.size, Image.Resampling.LANCZOS)
+
+
+_CACHE: dict[tuple, Segmenter] = {}
+
+
+def get_segmenter(model: ResolvedModel, device: str = "auto", threads: int | None = None,
+                  spinning: bool = True) -> Segmenter:
+    """The process's segmenter for this model: one session per process, reused."""
+    key = (str(model.path), device, threads, spinning)
+    if key not in _CACHE:
+        _CACHE[key] = Segmenter(model, device, threads, spinning)
+    return _CACHE[key]

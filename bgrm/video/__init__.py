@@ -1,0 +1,1 @@
+"""Video: reader, the seven formats as data, writer, and the streaming pipeline."""

@@ -1,0 +1,42 @@
+"""Shared test helpers: real fixtures, the real CLI in a subprocess, a clean models dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture
+def models_home(tmp_path, monkeypatch) -> Path:
+    """An empty models directory, so runs use the bundled u2netp, whatever ~/.u2net holds."""
+    home = tmp_path / "models-home"
+    home.mkdir()
+    monkeypatch.setenv("BGRM_MODELS", str(home))
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    return home
+
+
+@pytest.fixture
+def bgrm(models_home):
+    """Run the real `bgrm` CLI in a subprocess; returns the CompletedProcess."""
+
+    def run(*args, input: bytes | None = None, cwd=None, env=None, timeout=300):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        return subprocess.run([sys.executable, "-m", "bgrm", *map(str, args)], input=input,
+                              capture_output=True, cwd=cwd, env=full_env, timeout=timeout)
+
+    return run
