@@ -14,6 +14,7 @@ import click
 
 from bgrm import __version__
 from bgrm.errors import BgrmError, ExitStatus, ParameterError
+from bgrm.models_cli import models
 from bgrm.options import PARAMS, from_params, params_for, parse_color
 
 
@@ -137,6 +138,9 @@ def video(ctx, **kwargs):
     from bgrm.run import run_command
 
     _run(ctx, "video", kwargs, run_command)
+
+
+cli.add_command(models)  # light: click and hashlib only; tqdm/urllib load on install
 
 
 def _run(ctx, job: str, kwargs: dict, run_command) -> None:

@@ -69,6 +69,10 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
     workers = jobs or batch.default_workers(job, len(files))
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, min(workers, len(files) or 1)))
     runtime = batch.Runtime(model, device, threads, skip_existing, show_traceback)
+    if device == "cuda" and workers > 1 and not model.custom:
+        from bgrm.segment import check_device
+
+        check_device(device)  # one clear error, not the same one for every file
     if workers <= 1 or model.custom:
         # Load (and so check) the model before the first file: a wrong graph
         # is one clear error, not one per file.

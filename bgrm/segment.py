@@ -33,6 +33,57 @@ def _providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def check_device(device: str) -> None:
+    """Fail early, in the main process, when ``device`` cannot be had at all."""
+    _providers(device)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _session(model: ResolvedModel, opts, device: str):
+    """An InferenceSession on ``device``; ``auto`` falls back to the CPU with one notice."""
+    import onnxruntime as ort
+
+    providers = _providers(device)
+
+    def create(chosen):
+        # enable_fallback=0: onnxruntime's own fallback prints banners on stdout,
+        # which would corrupt `bgrm image -` and --json output; we fall back here.
+        return ort.InferenceSession(str(model.path), sess_options=opts, providers=chosen,
+                                    enable_fallback=0)
+
+    def on_cpu(why: str):
+        try:
+            session = create(["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
+                             f"{_first_line(exc)}") from exc
+        if device == "cuda":
+            raise ModelError(f"--device cuda: the CUDA provider failed to load ({why}); "
+                             "check the CUDA and cuDNN libraries, or use --device cpu")
+        print(f"bgrm: CUDA is not usable here ({why}); running on the CPU", file=sys.stderr)
+        return session
+
+    try:
+        session = create(providers)
+    except Exception as exc:  # noqa: BLE001
+        if providers[0] != "CUDAExecutionProvider":
+            raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
+                             f"{_first_line(exc)}") from exc
+        return on_cpu(_first_line(exc))
+    if providers[0] == "CUDAExecutionProvider" and \
+            "CUDAExecutionProvider" not in session.get_providers():
+        # onnxruntime-gpu without a usable GPU or libraries quietly runs on the CPU.
+        if device == "cuda":
+            raise ModelError("--device cuda: the CUDA provider failed to load (no GPU, "
+                             "or CUDA/cuDNN libraries missing); use --device cpu")
+        print("bgrm: CUDA is not usable here (no GPU, or CUDA/cuDNN libraries missing); "
+              "running on the CPU", file=sys.stderr)
+    return session
+
+
 class Segmenter:
     """One onnxruntime session, loaded once and reused for every frame."""
 
@@ -47,20 +98,7 @@ class Segmenter:
         if not spinning:
             # Spinning threads steal the cores that decoding and encoding need.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(model.path), sess_options=opts,
-                                                providers=_providers(device))
-        except ModelError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
-                             f"{str(exc).splitlines()[0]}") from exc
-        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise ModelError("--device cuda: the CUDA provider failed to load "
-                             "(check the CUDA/cuDNN libraries)")
-        if device == "auto" and _providers("auto")[0] != "CPUExecutionProvider" and \
-                "CUDAExecutionProvider" not in self.session.get_providers():
-            print("bgrm: CUDA is not usable here; running on the CPU", file=sys.stderr)
+        self.session = _session(model, opts, device)
         self.model = model
         self.input_name, self.size = self._check_shape(model)
         self.mean = np.array(model.spec.mean, dtype=np.float32)
@@ -75,7 +113,7 @@ class Segmenter:
                              f"found {len(inputs)} inputs and {len(outputs)} outputs")
         inp = inputs[0]
         shape = inp.shape
-        if len(shape) != 4 or shape[1] not in (3, "3") or "float" not in inp.type:
+        if len(shape) != 4 or shape[1] not in (3, "3") or inp.type != "tensor(float)":
             raise ModelError(f"{where}: input {inp.name!r} is {inp.type} {shape}; "
                              "a U^2-Net model takes float NCHW with 3 channels")
         out_shape = outputs[0].shape
