@@ -1,0 +1,441 @@
+"""Models: bundled, installed, verified, custom; install from a file or a loopback URL.
+
+The 176 MB u2net and u2net_human_seg are stood in for by tiny U^2-Net-shaped
+graphs built here with the onnx helper API; their official md5s are swapped for
+the tiny files' in this process only (monkeypatch), so the registry code paths
+run end to end without a user-facing bypass. u2netp is the real bundled model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import http.server
+import json
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bgrm import models
+
+U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
+U2NET_MD5 = "60024c5c889badc19c04ad937298a77b"
+
+
+# -- tiny U^2-Net-shaped graphs ---------------------------------------------------------
+
+def tiny_onnx(path: Path, *, sign: float = 1.0, size: int = 320, in_channels: int = 3,
+              out_channels: int = 1) -> Path:
+    """input.1 float [1,C,size,size] -> sigmoid(sign * red channel) as [1,1,size,size].
+
+    Named and shaped like rembg's U^2-Net exports (input "input.1", seven-ish
+    outputs of which the first is the saliency map); two outputs are enough.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.zeros((out_channels, in_channels, 1, 1), dtype=np.float32)
+    weight[:, 0] = sign * 4.0
+    nodes = [
+        helper.make_node("Conv", ["input.1", "w"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["1959"]),
+        helper.make_node("Identity", ["1959"], ["1960"]),
+    ]
+    shape_out = [1, out_channels, size, size]
+    graph = helper.make_graph(
+        nodes, "tiny_u2net",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, in_channels, size, size])],
+        [helper.make_tensor_value_info("1959", TensorProto.FLOAT, shape_out),
+         helper.make_tensor_value_info("1960", TensorProto.FLOAT, shape_out)],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what onnxruntime >= 1.16 (our floor) reads
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def red_correlation(cutout: Path, source: Path) -> float:
+    """Correlation of a cutout's alpha with its source's red channel."""
+    alpha = np.asarray(Image.open(cutout))[..., 3].astype(float).ravel()
+    red = np.asarray(Image.open(source).convert("RGB"))[..., 0].astype(float).ravel()
+    return float(np.corrcoef(alpha, red)[0, 1])
+
+
+@pytest.fixture
+def tiny(tmp_path) -> dict[str, Path]:
+    """Stand-ins: u2net follows the red channel, u2net_human_seg its inverse."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    return {"u2net": tiny_onnx(folder / "u2net.onnx", sign=1.0),
+            "u2net_human_seg": tiny_onnx(folder / "u2net_human_seg.onnx", sign=-1.0)}
+
+
+@pytest.fixture
+def patched(tiny, monkeypatch, models_home) -> dict[str, Path]:
+    """The registry, in this process only, expects the tiny files' md5s."""
+    for name, path in tiny.items():
+        monkeypatch.setitem(models.REGISTRY, name,
+                            dataclasses.replace(models.REGISTRY[name], md5=models.md5sum(path)))
+    return tiny
+
+
+@pytest.fixture
+def run_main(monkeypatch, capfd):
+    """The real ``bgrm.cli.main`` in this process: ``(exit status, stdout, stderr)``."""
+    from bgrm import cli
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["bgrm", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        out, err = capfd.readouterr()
+        return exit_.value.code, out, err
+
+    return run
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class _CutShort(_Quiet):
+    """Promises more bytes than it sends, as a dropped connection does."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        self.wfile.write(b"x" * 1000)
+
+
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    """A loopback HTTP server over a folder, in a thread; yields the folder and base URL."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    root = tmp_path / "www"
+    root.mkdir()
+    servers = []
+
+    def start(handler=_Quiet):
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return root, f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Files in the models dir other than the verified-checks stamp."""
+    return sorted(p.name for p in folder.iterdir() if p.name != models.STAMP_NAME)
+
+
+# -- list / verify ------------------------------------------------------------------------
+
+def test_list_fresh_install(bgrm, models_home):
+    proc = bgrm("models", "list", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    listing = json.loads(proc.stdout)
+    assert listing["models_dir"] == str(models_home)
+    rows = {m["name"]: m for m in listing["models"]}
+    assert rows["u2netp"]["status"] == "bundled" and rows["u2netp"]["size"] == 4574861
+    assert rows["u2netp"]["md5"] == U2NETP_MD5
+    for name in ("u2net", "u2net_human_seg"):
+        assert rows[name]["status"] == "missing" and rows[name]["size"] is None
+        assert rows[name]["path"] == str(models_home / f"{name}.onnx")
+    text = bgrm("models", "list").stdout.decode()
+    assert "u2netp" in text and "bundled" in text and "missing" in text
+
+
+def test_verify_statuses_and_exit(bgrm, models_home, tiny):
+    ok = bgrm("models", "verify")
+    assert ok.returncode == 0, ok.stderr.decode()  # missing but not asked for: fine
+    lines = [line.split()[:3] for line in ok.stdout.decode().splitlines()]
+    assert ["u2netp", "ok", "bundled"] in lines
+    named = bgrm("models", "verify", "u2net")
+    assert named.returncode == 1 and b"missing" in named.stdout
+
+    (models_home / "u2net.onnx").write_bytes(tiny["u2net"].read_bytes())  # not the real one
+    actual = models.md5sum(tiny["u2net"])
+    bad = bgrm("models", "verify")
+    assert bad.returncode == 1
+    out = bad.stdout.decode()
+    assert "CORRUPT" in out and actual in out and U2NET_MD5 in out
+    listing = json.loads(bgrm("models", "list", "--json").stdout)
+    rows = {m["name"]: m for m in listing["models"]}
+    assert rows["u2net"]["status"] == "corrupt" and rows["u2net"]["actual_md5"] == actual
+    report = json.loads(bgrm("models", "verify", "u2netp", "--json").stdout)
+    assert report["ok"] is True and [m["status"] for m in report["models"]] == ["bundled"]
+
+
+def test_corrupt_model_is_never_used(bgrm, models_home, fixtures, tmp_path):
+    (models_home / "u2net.onnx").write_bytes(b"not a model at all")
+    out = tmp_path / "out"
+    for args in (["--model", "u2net"], []):  # named, and as the default
+        proc = bgrm("image", fixtures / "chelsea.png", "-o", out, *args)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, err
+        assert "corrupt" in err and U2NET_MD5 in err and "bgrm models install" in err
+        assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_corrupt_installed_u2netp_is_refused(models_home):
+    (models_home / "u2netp.onnx").write_bytes(b"\0" * 100)
+    with pytest.raises(models.ModelError, match="corrupt.*expected " + U2NETP_MD5):
+        models.resolve("u2netp")
+    assert models.status(models.REGISTRY["u2netp"]).status == "corrupt"
+
+
+def test_verified_stamp_skips_rehash_until_file_changes(models_home, monkeypatch):
+    src = models.bundled_path(models.REGISTRY["u2netp"])
+    dest = models_home / "u2netp.onnx"
+    dest.write_bytes(src.read_bytes())
+    assert models.resolve("u2netp").path == dest  # hashed once, stamp written
+    assert (models_home / models.STAMP_NAME).is_file()
+
+    real_md5sum = models.md5sum
+    calls = []
+    monkeypatch.setattr(models, "md5sum", lambda p: calls.append(p) or real_md5sum(p))
+    assert models.resolve("u2netp").path == dest
+    assert calls == []  # trusted: same path, size, mtime, inode
+
+    data = bytearray(dest.read_bytes())
+    data[-1] ^= 0xFF  # same size, new content (and mtime)
+    dest.write_bytes(bytes(data))
+    with pytest.raises(models.ModelError, match="corrupt"):
+        models.resolve("u2netp")
+    assert calls == [dest]
+    # verify never trusts the stamp
+    assert models.status(models.REGISTRY["u2netp"], full=True).status == "corrupt"
+
+
+# -- install ------------------------------------------------------------------------------
+
+def test_install_wrong_checksum_is_refused(bgrm, models_home, tiny):
+    target = models_home / "new"  # not there yet: install creates it
+    proc = bgrm("models", "install", "u2net", "--from", tiny["u2net"],
+                env={"BGRM_MODELS": str(target)})
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert models.md5sum(tiny["u2net"]) in err and U2NET_MD5 in err
+    assert "nothing was installed" in err and "Traceback" not in err
+    assert leftovers(target) == []
+
+
+def test_install_from_file_real_u2netp(bgrm, models_home):
+    src = models.bundled_path(models.REGISTRY["u2netp"])
+    proc = bgrm("models", "install", "u2netp", "--from", src)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"installed u2netp" in proc.stderr
+    dest = models_home / "u2netp.onnx"
+    assert models.md5sum(dest) == U2NETP_MD5 and leftovers(models_home) == ["u2netp.onnx"]
+    rows = {m["name"]: m for m in json.loads(bgrm("models", "list", "--json").stdout)["models"]}
+    assert rows["u2netp"]["status"] == "installed" and rows["u2netp"]["path"] == str(dest)
+    again = bgrm("models", "install", "u2netp", "--from", "/nonexistent/u2netp.onnx")
+    assert again.returncode == 0 and b"already installed" in again.stderr  # source not read
+    missing = bgrm("models", "install", "u2netp", "--from", "/nonexistent/u2netp.onnx",
+                   "--force")
+    assert missing.returncode == 2 and b"no such file" in missing.stderr
+
+
+def test_install_from_loopback_url(bgrm, models_home, serve):
+    root, base = serve()
+    (root / "u2netp.onnx").write_bytes(
+        models.bundled_path(models.REGISTRY["u2netp"]).read_bytes())
+    proc = bgrm("models", "install", "u2netp", "--from", f"{base}/u2netp.onnx", "--progress",
+                env={"no_proxy": "127.0.0.1"})
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    assert "downloading u2netp" in err and "B/s" in err  # the tqdm bar on stderr
+    assert models.md5sum(models_home / "u2netp.onnx") == U2NETP_MD5
+
+    (root / "u2net.onnx").write_bytes(b"an error page, not a model")
+    wrong = bgrm("models", "install", "u2net", "--from", f"{base}/u2net.onnx",
+                 env={"no_proxy": "127.0.0.1"})
+    assert wrong.returncode == 2 and U2NET_MD5.encode() in wrong.stderr
+    gone = bgrm("models", "install", "u2net", "--from", f"{base}/nope.onnx",
+                env={"no_proxy": "127.0.0.1"})
+    assert gone.returncode == 1 and b"HTTP 404" in gone.stderr
+    assert leftovers(models_home) == ["u2netp.onnx"]
+
+
+def test_install_cut_short_and_bad_scheme(models_home, serve):
+    _, base = serve(_CutShort)
+    with pytest.raises(models.DownloadError, match="1000 of 1000000 bytes|transfer failed"):
+        models.install("u2net", f"{base}/u2net.onnx")
+    with pytest.raises(models.ModelError, match="only http"):
+        models.install("u2net", "ftp://example.invalid/u2net.onnx")
+    assert leftovers(models_home) == []
+
+
+# -- the 176 MB models' code paths, with tiny stand-ins --------------------------------------
+
+def test_u2net_and_human_seg_end_to_end(patched, models_home, serve, run_main, fixtures,
+                                        tmp_path):
+    # u2net from a file, u2net_human_seg from a URL: both verified, then used.
+    status, _, err = run_main("models", "install", "u2net", "--from", patched["u2net"])
+    assert status == 0, err
+    root, base = serve()
+    (root / "hs.onnx").write_bytes(patched["u2net_human_seg"].read_bytes())
+    status, _, err = run_main("models", "install", "u2net_human_seg", "--from", f"{base}/hs.onnx")
+    assert status == 0, err
+    assert leftovers(models_home) == ["u2net.onnx", "u2net_human_seg.onnx"]
+    status, out, _ = run_main("models", "verify", "u2net", "u2net_human_seg", "--json")
+    assert status == 0 and json.loads(out)["ok"] is True
+
+    src = fixtures / "chelsea.png"
+    results = {}
+    for name in ("u2net", "u2net_human_seg"):
+        out_dir = tmp_path / name
+        status, out, err = run_main("image", src, "--model", name, "-o", out_dir, "--json")
+        assert status == 0, err
+        assert json.loads(out)["failed"] == []
+        results[name] = red_correlation(out_dir / "chelsea_processed.png", src)
+    # Each run really used its own file: the stand-ins are mirror images.
+    assert results["u2net"] > 0.8 and results["u2net_human_seg"] < -0.8
+
+    # With no --model, the installed u2net is the default, without a notice.
+    status, _, err = run_main("image", src, "-o", tmp_path / "default")
+    assert status == 0, err
+    assert "bundled" not in err
+    assert red_correlation(tmp_path / "default" / "chelsea_processed.png", src) > 0.8
+
+
+def test_runs_never_open_a_connection(patched, models_home, run_main, fixtures, tmp_path,
+                                      monkeypatch):
+    status, _, err = run_main("models", "install", "u2net", "--from", patched["u2net"])
+    assert status == 0, err
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bgrm opened a network connection during a run")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    status, _, err = run_main("image", fixtures / "coffee.png", "-o", tmp_path)
+    assert status == 0, err
+
+
+# -- custom models --------------------------------------------------------------------------
+
+def test_custom_onnx_runs(bgrm, fixtures, tmp_path):
+    custom = tiny_onnx(tmp_path / "mine.onnx", sign=-1.0)
+    src = fixtures / "chelsea.png"
+    proc = bgrm("image", src, "--model", custom, "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"bundled" not in proc.stderr
+    assert red_correlation(tmp_path / "out" / "chelsea_processed.png", src) < -0.8
+
+
+def test_custom_input_size_is_read_from_the_graph(tmp_path):
+    from bgrm.segment import Segmenter
+
+    custom = tiny_onnx(tmp_path / "small.onnx", size=160)
+    seg = Segmenter(models.resolve(str(custom)), device="cpu", threads=1)
+    assert seg.size == (160, 160) and seg.input_name == "input.1"
+    mask = seg.mask(Image.new("RGB", (300, 200), (200, 10, 10)))
+    assert mask.mode == "L" and mask.size == (300, 200)
+
+
+@pytest.mark.parametrize("shape", [{"out_channels": 3}, {"in_channels": 1}])
+def test_wrong_shaped_custom_onnx_fails_before_any_file(bgrm, fixtures, tmp_path, shape):
+    bad = tiny_onnx(tmp_path / "bad.onnx", **shape)
+    out = tmp_path / "out"
+    proc = bgrm("image", fixtures / "chelsea.png", fixtures / "coffee.png", fixtures / "rocket.jpg",
+                "--model", bad, "-o", out)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert str(bad) in err and "U^2-Net" in err
+    assert err.count("bgrm:") == 1 and "Traceback" not in err  # once, not per file
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_wrong_shaped_custom_onnx_fails_for_video_too(bgrm, fixtures, tmp_path):
+    bad = tiny_onnx(tmp_path / "bad.onnx", out_channels=3)
+    proc = bgrm("video", fixtures / "no_time_for_that_tiny.gif", "--model", bad, "-o", tmp_path)
+    assert proc.returncode == 2 and b"1-channel saliency map" in proc.stderr
+
+
+def test_custom_not_onnx_and_missing(bgrm, fixtures, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"definitely not protobuf")
+    proc = bgrm("image", fixtures / "chelsea.png", "--model", junk, "-o", tmp_path)
+    assert proc.returncode == 2 and b"cannot be loaded by onnxruntime" in proc.stderr
+    with pytest.raises(models.ModelError, match="no such file"):
+        models.resolve(str(tmp_path / "absent.onnx"))
+    with pytest.raises(models.ModelError, match="unknown model 'u2nett'"):
+        models.resolve("u2nett")
+
+
+# -- default model, device, threads --------------------------------------------------------------
+
+def test_default_notice_device_cpu_threads_1(bgrm, fixtures, tmp_path):
+    proc = bgrm("image", fixtures / "coffee.png", "-o", tmp_path, "--device", "cpu",
+                "--threads", "1")
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    notice = [line for line in err.splitlines() if "bundled u2netp" in line]
+    assert len(notice) == 1 and "u2net is not installed" in notice[0]
+    assert Image.open(tmp_path / "coffee_processed.png").mode == "RGBA"
+
+
+def test_cpu_session_settings(models_home):
+    from bgrm.segment import Segmenter
+
+    seg = Segmenter(models.resolve("u2netp"), device="cpu", threads=1, spinning=False)
+    assert seg.session.get_providers() == ["CPUExecutionProvider"]
+    opts = seg.session.get_session_options()
+    assert opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def _has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(_has_cuda(), reason="onnxruntime here has CUDA")
+def test_device_cuda_without_cuda_is_a_clear_error(bgrm, fixtures, tmp_path):
+    # Three files so that the check happens before a pool would start.
+    proc = bgrm("image", fixtures / "chelsea.png", fixtures / "coffee.png",
+                fixtures / "rocket.jpg", "--device", "cuda", "-o", tmp_path / "out")
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert err.count("bgrm:") == 2 and "bgrm[gpu]" in err  # the model notice, then the error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(_has_cuda(), reason="onnxruntime here has CUDA")
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_auto_falls_back_to_cpu_when_cuda_will_not_load(models_home, monkeypatch, capfd):
+    # onnxruntime-gpu on a machine without a usable GPU: the provider is listed
+    # but the session comes up on the CPU only.
+    import onnxruntime as ort
+
+    from bgrm.errors import ModelError
+    from bgrm.segment import Segmenter
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    model = models.resolve("u2netp")
+    seg = Segmenter(model, device="auto", threads=1)
+    assert seg.session.get_providers() == ["CPUExecutionProvider"]
+    err = capfd.readouterr().err
+    notices = [line for line in err.splitlines() if line.startswith("bgrm:")]
+    assert notices == [notices[0]] and "running on the CPU" in notices[0]
+    with pytest.raises(ModelError, match="--device cuda: the CUDA provider failed"):
+        Segmenter(model, device="cuda", threads=1)
