@@ -208,7 +208,7 @@ def _checked(spec: ModelSpec, path: Path) -> ResolvedModel:
                              f"{check.actual}, expected {check.expected}; reinstall bgrm")
         raise ModelError(f"model {spec.name} at {path} is corrupt: md5 {check.actual}, "
                          f"expected {check.expected}; reinstall it with: bgrm models install "
-                         f"{spec.name} --from PATH|URL --force, or delete it")
+                         f"{spec.name} --from PATH|URL, or delete it")
     return ResolvedModel(spec, path)
 
 

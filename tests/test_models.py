@@ -439,3 +439,11 @@ def test_auto_falls_back_to_cpu_when_cuda_will_not_load(models_home, monkeypatch
     assert notices == [notices[0]] and "running on the CPU" in notices[0]
     with pytest.raises(ModelError, match="--device cuda: the CUDA provider failed"):
         Segmenter(model, device="cuda", threads=1)
+
+
+def test_models_dir_follows_rembg_u2net_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("BGRM_MODELS", raising=False)
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "rembg-models"))
+    assert models.models_dir() == tmp_path / "rembg-models"
+    monkeypatch.setenv("BGRM_MODELS", str(tmp_path / "mine"))
+    assert models.models_dir() == tmp_path / "mine"
