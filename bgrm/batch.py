@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bgrm.errors import BgrmError
 from bgrm.models import ResolvedModel
@@ -43,25 +44,38 @@ class Job:
     runtime: Runtime
 
 
-def expand(inputs: list[str], kind: str, recursive: bool) -> list[Path | Result]:
+def expand(inputs: list[str], kind: str, recursive: bool,
+           warn: Callable[[str], None] | None = None) -> list[Path | Result]:
     """Files as given; folders as their images (or videos), never bgrm's own outputs.
 
     A missing input becomes a failed Result in its place, so the report keeps
-    the order the user gave.
+    the order the user gave. ``warn`` hears about folders with nothing to do.
     """
     files: list[Path | Result] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = path.rglob("*") if recursive else path.iterdir()
-            files.extend(sorted(p for p in found if p.is_file()
-                                and p.suffix.lower() in EXTENSIONS[kind]
-                                and not is_output_name(p)))
+            chosen = sorted(p for p in found if p.is_file()
+                            and p.suffix.lower() in EXTENSIONS[kind]
+                            and not _hidden(p.relative_to(path))
+                            and not is_output_name(p))
+            if not chosen and warn is not None:
+                where = "in it or its sub-folders" if recursive else \
+                    "in it (--recursive looks into sub-folders)"
+                warn(f"{item}: no {kind}s to process {where}")
+            files.extend(chosen)
         elif path.exists():
             files.append(path)
         else:
             files.append(Result(item, error=f"{item}: no such file or folder"))
     return files
+
+
+def _hidden(relative: Path) -> bool:
+    # Dot files and dot folders (macOS "._photo.jpg" forks, .thumbnails/) are
+    # not the user's pictures; naming one explicitly still processes it.
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def name_outputs(files: list[Path], output_dir: Path | None, ext: str) -> list[Path]:
@@ -99,12 +113,18 @@ def run_job(job: Job, progress: Callable[[int], None]) -> Result:
         notes = module.process_file(job.src, job.dst, job.options, segmenter, progress)
         return Result(job.name, job.dst, notes=list(notes or []))
     except BgrmError as exc:
-        return Result(job.name, error=str(exc))
+        # The traceback is kept for --traceback; the user sees the one line.
+        return Result(job.name, error=_one_line(str(exc)), traceback=traceback.format_exc())
     except MemoryError:
-        return Result(job.name, error=f"{job.name}: out of memory")
-    except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the batch
-        return Result(job.name, error=f"{job.name}: internal error: {type(exc).__name__}: {exc}",
+        return Result(job.name, error=f"{job.name}: out of memory",
                       traceback=traceback.format_exc())
+    except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the batch
+        return Result(job.name, error=f"{job.name}: internal error: {type(exc).__name__}: "
+                      f"{_one_line(str(exc))}", traceback=traceback.format_exc())
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
 
 
 def _death(job: Job, pid: int, exitcode: int | None) -> Result:

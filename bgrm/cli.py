@@ -25,16 +25,19 @@ class ColorType(click.ParamType):
         if isinstance(value, tuple):
             return value
         try:
-            return parse_color(value, param.opts[0] if param else "color")
-        except ParameterError as exc:
-            self.fail(str(exc), param, ctx)
+            return parse_color(value)
+        except ParameterError:
+            # Click names the option already: "Invalid value for '--bg-color-value'".
+            self.fail(f"{value!r} is not a hex colour like '#00ff00' or '#0f0'", param, ctx)
 
 
 def _click_option(p):
     """One PARAMS row -> a Click option with the same range and default."""
     kwargs: dict = {"help": p.help, "default": None}
     if p.kind == "bool":
-        return click.option(p.flag, p.name, is_flag=True, default=None, help=p.help)
+        # --no-... lets a flag on the command line switch off what --params switched on.
+        off = "--no-" + p.flag[2:]
+        return click.option(f"{p.flag}/{off}", p.name, default=None, help=p.help)
     if p.kind == "int":
         kwargs["type"] = click.IntRange(p.lo, p.hi)
         if p.default is not None:
@@ -47,7 +50,7 @@ def _click_option(p):
         kwargs["help"] += f"  [default: {p.default}]"
     elif p.kind == "color":
         kwargs["type"] = ColorType()
-        kwargs["help"] += "  [default: #%02x%02x%02x]" % p.default
+        kwargs["help"] += "  [default: #{:02x}{:02x}{:02x}]".format(*p.default)
     elif p.kind == "path":
         kwargs["type"] = click.Path(exists=True, dir_okay=False, path_type=Path)
     return click.option(p.flag, p.name, **kwargs)
@@ -154,7 +157,8 @@ def main() -> None:
     """Entry point: map errors and Ctrl-C to exit statuses, in this one place."""
     show_traceback = "--traceback" in sys.argv
     try:
-        status = cli.main(standalone_mode=False)
+        # prog_name: usage lines read "bgrm image", also under `python -m bgrm`.
+        status = cli.main(standalone_mode=False, prog_name="bgrm")
     except click.exceptions.Exit as exc:
         status = exc.exit_code
     except click.ClickException as exc:
@@ -172,4 +176,17 @@ def main() -> None:
             traceback.print_exc()
         click.echo(f"bgrm: {exc}", err=True)
         status = exc.exit_status
+    except BrokenPipeError:
+        # `bgrm image - | head`: the reader left; nothing more can be said on stdout.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = ExitStatus.FAILED
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line unless asked
+        if show_traceback:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(f"bgrm: internal error: {type(exc).__name__}: {first} "
+                   "(run again with --traceback for details)", err=True)
+        status = ExitStatus.FAILED
     sys.exit(int(status or 0))

@@ -38,33 +38,71 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
+def _frames_note(im: Image.Image, name: str) -> str | None:
+    """What to tell the user when a file holds more than one picture."""
+    frames = getattr(im, "n_frames", 1)
+    if frames <= 1 or im.format == "MPO":
+        # MPO: a camera JPEG with a preview or depth map as a second frame.
+        return None
+    if im.format == "TIFF":
+        return f"{name}: {frames} pages; processed the first"
+    return (f"{name}: animated ({frames} frames); processed the first frame "
+            "(use `bgrm video` for all of them)")
+
+
 def decode(data: bytes | Path, name: str) -> Decoded:
     """Read an image file (or bytes) into upright 8-bit RGB plus its own alpha."""
     notes: list[str] = []
+    if (len(data) if isinstance(data, bytes) else _size(data)) == 0:
+        raise InputError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb size is checked below, by us
-            im = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise InputError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more than "
-                                 f"the {MAX_PIXELS // 1_000_000} MP bgrm will decode "
-                                 "(refused to protect memory)")
-            if getattr(im, "n_frames", 1) > 1:
-                notes.append(f"{name}: animated ({im.n_frames} frames); processed the first "
-                             "frame (use `bgrm video` for all of them)")
-            im.load()
-            im = ImageOps.exif_transpose(im)
+            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
+                w, h = opened.size
+                if w * h > MAX_PIXELS:
+                    raise InputError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more "
+                                     f"than the {MAX_PIXELS // 1_000_000} MP bgrm will decode "
+                                     "(refused to protect memory)")
+                note = _frames_note(opened, name)
+                if note:
+                    notes.append(note)
+                opened.load()
+                im = ImageOps.exif_transpose(opened)
+                if im is opened:
+                    im = opened.copy()
     except InputError:
         raise
-    except UnidentifiedImageError:
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a folder, not an image") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied") from None
+    except UnidentifiedImageError as exc:
         raise InputError(f"{name}: not an image bgrm can read "
-                         "(unknown or unsupported format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise InputError(f"{name}: corrupt or truncated image ({reason})") from None
+                         "(unknown or unsupported format)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{name}: corrupt or truncated image ({reason})") from exc
     if im.width < 1 or im.height < 1:
         raise InputError(f"{name}: image has no pixels")
+    try:
+        rgb, alpha = _to_rgb(im)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{name}: cannot convert its {im.mode} pixels to RGB ({exc})") from exc
+    return Decoded(rgb, alpha, notes)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None  # Image.open says what is wrong
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any Pillow mode -> 8-bit RGB, and the alpha channel when it has a real one."""
     alpha = None
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         im = _to_8bit(im)
@@ -79,14 +117,13 @@ def decode(data: bytes | Path, name: str) -> Decoded:
         # happens to hide under alpha 0.
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, rgba)
-    rgb = np.asarray(im.convert("RGB"))
-    return Decoded(rgb, alpha, notes)
+    return np.asarray(im.convert("RGB")), alpha
 
 
 @lru_cache(maxsize=4)
 def load_background(path: Path) -> Image.Image:
     """The --bg-image picture, read once per process."""
-    decoded = decode(path, f"background {path}")
+    decoded = decode(path, str(path))
     return Image.fromarray(decoded.rgb)
 
 

@@ -8,6 +8,9 @@ bounding box of the unknown band, and the result is brought back to full size.
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -85,7 +88,15 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
         if initial is not None:
             # The solver's unknowns are the band's pixels in raster order.
             cg_kwargs["x0"] = initial[box].astype(np.float64).ravel()[is_unknown]
-        sub_alpha = estimate_alpha_cf(img, sub_tri, cg_kwargs=cg_kwargs)
+        try:
+            # pymatting print()s a "PERFORMANCE WARNING" when its preconditioner
+            # needs a shift; on stdout that would corrupt `bgrm image -` and --json.
+            with contextlib.redirect_stdout(io.StringIO()):
+                sub_alpha = estimate_alpha_cf(img, sub_tri, cg_kwargs=cg_kwargs)
+        except ValueError:
+            # The preconditioner can fail outright on some trimaps (rembg falls
+            # back too); the network's soft mask is then the answer for the band.
+            sub_alpha = np.where(sub_tri == 0.5, mask[box] / 255.0, sub_tri)
     fg, bg = estimate_foreground_ml(img, sub_alpha, return_background=True)
     alpha[box] = sub_alpha
     delta[box] = fg - bg

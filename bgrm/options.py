@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from bgrm.errors import ParameterError
 
@@ -32,8 +33,12 @@ CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremo
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 
-def parse_color(value: str, name: str = "color") -> tuple[int, int, int]:
-    """'#rrggbb', 'rrggbb' or '#rgb' -> (r, g, b)."""
+def parse_color(value, name: str = "color") -> tuple[int, int, int]:
+    """'#rrggbb', 'rrggbb' or '#rgb' (or an (r, g, b) already parsed) -> (r, g, b)."""
+    if isinstance(value, (tuple, list)) and len(value) == 3 and all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
+        # The CLI's Click type has parsed the flag already; from_params sees it again.
+        return tuple(value)  # type: ignore[return-value]
     m = _HEX.match(str(value).strip())
     if not m:
         raise ParameterError(f"{name}: {value!r} is not a hex colour like '#00ff00'")
@@ -89,6 +94,8 @@ class Param:
         if self.kind == "int":
             if isinstance(value, bool):
                 raise ParameterError(f"{where}: {value!r} is not {self.allowed()}")
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # JSON writers turn 240 into 240.0
             try:
                 number = int(str(value).strip()) if not isinstance(value, int) else value
             except ValueError:
@@ -113,7 +120,11 @@ class Param:
         if self.kind == "model":
             return str(value).strip()
         if self.kind == "path":
-            return Path(str(value))
+            path = Path(str(value)).expanduser()
+            # The CLI's click.Path checks this for the flag; a params file needs the same.
+            if not path.is_file():
+                raise ParameterError(f"{where}: {str(value)!r}: no such file")
+            return path
         raise AssertionError(self.kind)
 
 

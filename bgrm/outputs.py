@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from bgrm.errors import OutputError
 
@@ -54,6 +55,11 @@ def remove_leftovers(folders, pid: int) -> None:
                 path.unlink()
 
 
+# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem.
+_OUTPUT_STEM = re.compile(re.escape(SUFFIX) + r"(_\d+)?$")
+
+
 def is_output_name(path: Path) -> bool:
-    """True for files bgrm itself wrote (``*_processed.*``) and its temporaries."""
-    return path.stem.endswith(SUFFIX) or TMP_MARK in path.name
+    """True for files bgrm itself wrote (``*_processed.*``, ``*_processed_2.*``)
+    and its temporaries."""
+    return bool(_OUTPUT_STEM.search(path.stem)) or TMP_MARK in path.name

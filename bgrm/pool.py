@@ -11,8 +11,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
+from collections.abc import Callable
 from multiprocessing.connection import wait
-from typing import Any, Callable
+from typing import Any
 
 Progress = Callable[[int], None]
 Task = Callable[[Any, Progress], Any]
@@ -27,6 +29,13 @@ def _on_term(signum, frame):
 def _worker(conn, fn: Task) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
     signal.signal(signal.SIGTERM, _on_term)
+    # The parent's stdout carries --json; anything a library prints in a worker
+    # (pymatting's warnings, C-level banners) goes to stderr instead.
+    try:
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        sys.stdout = sys.stderr
     while True:
         try:
             item = conn.recv()
@@ -122,7 +131,7 @@ def run_pool(jobs: list, fn: Task, workers: int, *, on_progress: Callable[[int, 
               busy=busy)
         raise
     finally:
-        for conn, proc in idle:
+        for _conn, proc in idle:
             proc.join(timeout=5)
     return results
 

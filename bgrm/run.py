@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,6 +16,43 @@ from bgrm.models import resolve
 from bgrm.outputs import describe_os_error
 from bgrm.report import Result, api_results, exit_status
 
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """While files are processed, stdout (fd 1 too) points at stderr.
+
+    bgrm's own stdout is the PNG of ``bgrm image -`` or the --json report,
+    written after this; whatever a library prints meanwhile (pymatting's
+    warnings, onnxruntime banners) must not end up in the middle of it.
+    """
+    try:
+        fd, err = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests)
+        fd = err = None
+    if fd is None:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    os.dup2(err, fd)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _check_background(opts) -> None:
+    """Read --bg-image once, up front: a bad one is one usage error, not one per file."""
+    from bgrm.errors import InputError
+    from bgrm.image import load_background
+
+    try:
+        load_background(opts.bg_image)
+    except InputError as exc:
+        raise ParameterError(f"--bg-image {exc}") from exc
 
 
 def output_extension(job: str, opts) -> str:
@@ -34,15 +72,19 @@ def _stdin_image(opts, model, device, threads) -> ExitStatus:
     from bgrm.image import decode, encode_png, render
     from bgrm.segment import get_segmenter
 
+    if sys.stdout.isatty():
+        raise ParameterError("-: refusing to write a PNG to a terminal; redirect stdout")
+    if sys.stdin.isatty():
+        raise ParameterError("-: standard input is a terminal; pipe an image in "
+                             "(cat photo.jpg | bgrm image - > out.png)")
     data = sys.stdin.buffer.read()
     if not data:
         raise ParameterError("-: nothing on standard input")
-    decoded = decode(data, "<stdin>")
-    for note in decoded.notes:
-        _say(note)
-    picture = render(decoded, opts, get_segmenter(model, device, threads))
-    if sys.stdout.isatty():
-        raise ParameterError("-: refusing to write a PNG to a terminal; redirect stdout")
+    with _stdout_to_stderr():
+        decoded = decode(data, "<stdin>")
+        for note in decoded.notes:
+            _say(note)
+        picture = render(decoded, opts, get_segmenter(model, device, threads))
     encode_png(picture, sys.stdout.buffer)
     sys.stdout.buffer.flush()
     return ExitStatus.OK
@@ -55,10 +97,17 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         if job != "image" or len(inputs) > 1 or as_json or scheduler:
             raise ParameterError("- (stdin) works for `bgrm image` with a single input "
                                  "and without --json or --scheduler")
+        if output_dir is not None:
+            raise ParameterError("- (stdin) writes its PNG to stdout; -o/--output-dir "
+                                 "does not apply")
+        if opts.bg_type == "image":
+            _check_background(opts)
         model = resolve(opts.model)
         return _stdin_image(opts, model, device, threads)
+    if job == "image" and opts.bg_type == "image":
+        _check_background(opts)
     model = resolve(opts.model)
-    entries = batch.expand(inputs, job, recursive)
+    entries = batch.expand(inputs, job, recursive, warn=_say)
     files = [e for e in entries if isinstance(e, Path)]
     if output_dir is not None:
         try:
@@ -81,7 +130,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         get_segmenter(model, device, threads)
     dsts = batch.name_outputs(files, output_dir, output_extension(job, opts))
     jobs_list = [batch.Job(job, src, dst, str(src), opts, runtime)
-                 for src, dst in zip(files, dsts)]
+                 for src, dst in zip(files, dsts, strict=True)]
     for entry in entries:
         if isinstance(entry, Result):
             _say(entry.error)
@@ -99,22 +148,32 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         if bar is not None:
             bar.update(n)
 
+    finished: dict[int, Result] = {}
+    said = 0  # results up to here have been told, in input order
+
     def on_result(index: int, result: Result) -> None:
+        # Workers finish in any order; the user hears about files in the order given.
+        nonlocal said
+        finished[index] = result
         printer = bar.write if bar is not None else (lambda m: click.echo(m, err=True))
-        for note in result.notes:
-            printer(f"bgrm: {note}")
-        if not result.ok:
-            if show_traceback and result.traceback:
-                printer(result.traceback.rstrip())
-            printer(f"bgrm: {result.error}")
+        while said in finished:
+            done = finished.pop(said)
+            said += 1
+            for note in done.notes:
+                printer(f"bgrm: {note}")
+            if not done.ok:
+                if show_traceback and done.traceback:
+                    printer(done.traceback.rstrip())
+                printer(f"bgrm: {done.error}")
 
     try:
-        if scheduler:
-            from bgrm.distributed import run_on_cluster
+        with _stdout_to_stderr():
+            if scheduler:
+                from bgrm.distributed import run_on_cluster
 
-            results = run_on_cluster(scheduler, jobs_list, on_progress, on_result)
-        else:
-            results = batch.run(jobs_list, workers, on_progress, on_result)
+                results = run_on_cluster(scheduler, jobs_list, on_progress, on_result)
+            else:
+                results = batch.run(jobs_list, workers, on_progress, on_result)
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,188 @@
+"""One video: decode -> segment -> (mask filter) -> matte -> compose -> encode, streaming.
+
+Four threads around one onnxruntime session: decoding plus the model's input
+tensor, inference alone (``run()`` releases the GIL, so it overlaps the
+rest), the full-size mask and composition, and encoding in the caller's
+thread. Queues of two frames between them bound memory for any length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bgrm import compose
+from bgrm.errors import InputError
+from bgrm.options import VideoOptions
+from bgrm.outputs import atomic_path
+from bgrm.video.formats import FORMATS, Format
+from bgrm.video.reader import Frame, VideoReader
+from bgrm.video.stages import run_stages
+from bgrm.video.writer import VideoWriter
+
+
+class MaskFilter:
+    """The one place where successive masks meet, in frame order (issue #7).
+
+    Masks arrive at model size (uint8), one per frame, in order, with their
+    frame. ``temporal_smoothing`` 0 must mean per-frame masks, untouched; the
+    steadiness of other values is to be built here, and nowhere else.
+    """
+
+    def __init__(self, strength: float):
+        self.strength = strength
+
+    def __call__(self, mask: np.ndarray, frame: Frame) -> np.ndarray:
+        return mask
+
+
+@dataclass
+class _Work:
+    frame: Frame
+    tensor: np.ndarray | None = None
+    small: np.ndarray | None = None
+
+
+class _BackgroundVideo:
+    """--bg-video frames at the output's size and rate, looped when it runs out."""
+
+    def __init__(self, path: Path, size: tuple[int, int], rate: Fraction | None):
+        self.path, self.size, self.rate = path, size, rate
+        self._reader: VideoReader | None = None
+        self._frames = iter(())
+
+    def _open(self) -> None:
+        self.close()
+        self._reader = VideoReader(self.path, f"background {self.path}", cover=self.size,
+                                   fps=self.rate)
+        # A background that decodes to nothing raises here, naming itself.
+        self._frames = iter(self._reader)
+
+    def next(self) -> np.ndarray:
+        frame = next(self._frames, None)
+        if frame is None:  # first call, or a background shorter than the video: loop
+            self._open()
+            frame = next(self._frames)
+        return frame.rgb
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _background(opts: VideoOptions, fmt: Format, rate: Callable[[], Fraction | None]):
+    """(function: frame size -> what to compose over, function to release it)."""
+    if fmt.compose == "color":
+        return (lambda size: opts.video_bg_color), None
+    if fmt.compose == "image":
+        from bgrm.image import load_background
+
+        picture, cached = load_background(opts.bg_image), {}
+
+        def image_for(size):
+            if size not in cached:
+                cached.clear()
+                cached[size] = compose.cover(picture, size)
+            return cached[size]
+
+        return image_for, None
+    if fmt.compose == "video":
+        holder: list[_BackgroundVideo] = []
+
+        def video_for(size):
+            if not holder:
+                # Created at the first frame, when the input's rate is known.
+                holder.append(_BackgroundVideo(opts.bg_video, size, rate()))
+            return holder[0].next()
+
+        return video_for, lambda: holder and holder[0].close()
+    return None, None
+
+
+def _composer(opts: VideoOptions, fmt: Format, background) -> Callable:
+    def compose_frame(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        fg, alpha = rgb, mask
+        if opts.matting.enabled:
+            from bgrm.matte import matte
+
+            alpha, fg = matte(rgb, mask, opts.matting)
+        if fmt.compose == "cutout":
+            return compose.cutout(fg, alpha)
+        if fmt.compose == "matte":
+            return compose.matte_key(alpha)
+        size = (rgb.shape[1], rgb.shape[0])
+        return compose.over(fg, alpha, background(size))
+
+    return compose_frame
+
+
+def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
+                 progress: Callable[[int], None] | None = None) -> list[str]:
+    """Write ``src`` with its background removed to ``dst`` (atomically); return notes."""
+    fmt = FORMATS[opts.video_format]
+    name = str(src)
+    notes: list[str] = []
+    if src.stat().st_size == 0:
+        raise InputError(f"{name}: empty file (0 bytes)")
+    reader = VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
+    out_rate = Fraction(opts.framerate) if opts.framerate else None
+    background, release_background = _background(opts, fmt, lambda: out_rate or reader.info.rate)
+    compose_frame = _composer(opts, fmt, background)
+    mask_filter = MaskFilter(opts.temporal_smoothing)
+    writer: VideoWriter | None = None
+
+    def prepare(frame: Frame) -> _Work:
+        return _Work(frame, tensor=segmenter.prepare(Image.fromarray(frame.rgb)))
+
+    def infer(work: _Work) -> _Work:
+        work.small, work.tensor = segmenter.predict(work.tensor), None
+        return work
+
+    def finish(work: _Work) -> tuple[np.ndarray, float]:
+        frame = work.frame
+        small = mask_filter(work.small, frame)
+        h, w = frame.rgb.shape[:2]
+        # The same Lanczos step as Segmenter.mask, so video masks match image masks.
+        mask = np.asarray(Image.fromarray(small).resize((w, h),
+                                                                   Image.Resampling.LANCZOS))
+        return compose_frame(frame.rgb, mask), frame.pts
+
+    def encode(item: tuple[np.ndarray, float]) -> None:
+        nonlocal writer
+        pixels, pts = item
+        if writer is None:
+            h, w = pixels.shape[:2]
+            audio = src if reader.info.has_audio else None
+            writer = VideoWriter(tmp, fmt, (w, h), out_rate or reader.info.rate, audio, name,
+                                 target=dst)
+            if writer.padded:
+                notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
+                             f"encode; the last column/row is repeated: {writer.size[0]}x"
+                             f"{writer.size[1]}")
+        writer.write(pixels, pts)
+        if progress:
+            progress(1)
+
+    try:
+        with atomic_path(dst) as tmp:
+            try:
+                run_stages(reader, [prepare, infer, finish], encode)
+                if writer is None:
+                    raise InputError(f"{name}: no video frames could be decoded")
+                writer.finish()
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
+    finally:
+        reader.close()
+        if release_background:
+            release_background()
+    return notes
+

@@ -1,0 +1,149 @@
+"""Encoding: composed frames with their timestamps -> the output file, via ffmpeg.
+
+Frames reach ffmpeg as a minimal Matroska stream on its stdin rather than as
+bare raw video: raw video has no timestamps, so a variable-frame-rate input
+would come out evenly spaced. Matroska carries each frame's time, and
+``-fps_mode passthrough`` keeps every frame once, so the output is
+frame-exact and keeps the input's timing. The input file is a second ffmpeg
+input for its audio (``-map 1:a:0?``: optional, so a silent input works),
+cut to the video's length with ``-shortest``.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+import subprocess
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from bgrm.errors import OutputError
+from bgrm.video.formats import Format
+from bgrm.video.reader import ffmpeg_exe, first_error, split_line
+
+# Matroska ticks of 0.1 ms: fine enough for any real frame rate, and the
+# resulting 1/10000 time base suits mp4, mov and gif alike.
+_TICK_NS = 100_000
+_TICKS_PER_S = 1_000_000_000 // _TICK_NS
+
+
+def _id(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def _element(eid: int, payload: bytes) -> bytes:
+    # An 8-byte size (0x01 marker + 7 bytes) fits every payload; no need to be tight.
+    return _id(eid) + b"\x01" + len(payload).to_bytes(7, "big") + payload
+
+
+def _uint(eid: int, value: int) -> bytes:
+    return _element(eid, value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
+
+
+def mkv_header(width: int, height: int, fourcc: bytes, rate: Fraction | None) -> bytes:
+    """EBML header, a Segment of unknown size, Info and one raw video track."""
+    ebml = _element(0x1A45DFA3, b"".join([
+        _uint(0x4286, 1), _uint(0x42F7, 1), _uint(0x42F2, 4), _uint(0x42F3, 8),
+        _element(0x4282, b"matroska"), _uint(0x4287, 4), _uint(0x4285, 2)]))
+    segment = _id(0x18538067) + b"\x01\xff\xff\xff\xff\xff\xff\xff"  # size unknown: streaming
+    info = _element(0x1549A966, _uint(0x2AD7B1, _TICK_NS) + _element(0x4D80, b"bgrm")
+                    + _element(0x5741, b"bgrm"))
+    video = _element(0xE0, _uint(0xB0, width) + _uint(0xBA, height)
+                     + _element(0x2EB524, fourcc))
+    track = [_uint(0xD7, 1), _uint(0x73C5, 1), _uint(0x83, 1), _uint(0x9C, 0),
+             _element(0x86, b"V_UNCOMPRESSED"), video]
+    if rate:
+        # The last frame's duration; every other one ends where the next begins.
+        track.append(_uint(0x23E383, round(1_000_000_000 / rate)))
+    tracks = _element(0x1654AE6B, _element(0xAE, b"".join(track)))
+    return ebml + segment + info + tracks
+
+
+def mkv_frame(ticks: int, pixels: bytes) -> bytes:
+    """One Cluster holding one keyframe SimpleBlock at ``ticks``."""
+    block = _element(0xA3, b"\x81" + struct.pack(">hB", 0, 0x80) + pixels)
+    return _element(0x1F43B675, _uint(0xE7, ticks) + block)
+
+
+class VideoWriter:
+    """Encode frames to ``path`` in ``fmt``; ``finish()`` checks ffmpeg's verdict.
+
+    Sizes that 4:2:0 chroma cannot take (odd width or height) are padded by
+    repeating the last column/row, so no picture is lost and nothing is
+    stretched; ``padded`` says when that happened.
+    """
+
+    def __init__(self, path: Path, fmt: Format, size: tuple[int, int], rate: Fraction | None,
+                 audio_from: Path | None, name: str, target: Path | None = None):
+        self.fmt, self.name, self.path = fmt, name, path
+        self.target = target or path  # the name to show: path may be a temporary
+        w, h = size
+        self.pad = (h % 2, w % 2) if fmt.even_size else (0, 0)
+        self.padded = any(self.pad)
+        self.size = (w + self.pad[1], h + self.pad[0])
+        self.count = 0
+        self._last_ticks = -1
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error", "-y",
+               "-f", "matroska", "-i", "pipe:0"]
+        maps = ["-map", "0:v:0"]
+        if audio_from is not None and fmt.audio_args is not None:
+            cmd += ["-vn", "-sn", "-dn", "-i", str(audio_from)]
+            maps += ["-map", "1:a:0?", *fmt.audio_args, "-shortest"]
+        cmd += [*maps, "-vf", fmt.filter, "-fps_mode", "passthrough", *fmt.video_args,
+                "-map_metadata", "-1", "-f", fmt.muxer, str(path)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE)
+        self._errors: collections.deque = collections.deque(maxlen=20)
+        self._stderr = threading.Thread(target=self._drain, daemon=True)
+        self._stderr.start()
+        fourcc = b"RGBA" if fmt.alpha else b"RGB\x18"
+        self._send(mkv_header(*self.size, fourcc, rate))
+
+    def _drain(self) -> None:
+        for raw in self._proc.stderr:
+            self._errors.append(split_line(raw.decode("utf-8", "replace").rstrip())[2])
+
+    def _failure(self, what: str) -> OutputError:
+        return OutputError(f"{self.name}: {what} {self.target}: {first_error(self._errors)}")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._proc.stdin.write(data)
+        except (BrokenPipeError, OSError):
+            self._proc.wait()
+            self._stderr.join()
+            raise self._failure("ffmpeg stopped while encoding") from None
+
+    def write(self, pixels: np.ndarray, pts: float) -> None:
+        """One composed frame (HxWx3 or HxWx4 uint8) shown from ``pts`` seconds."""
+        if self.padded:
+            pixels = np.pad(pixels, ((0, self.pad[0]), (0, self.pad[1]), (0, 0)), mode="edge")
+        # Strictly increasing, or the muxer refuses the frame: two source frames
+        # closer than a tick (broken timestamps) are kept one tick apart.
+        ticks = max(round(max(pts, 0.0) * _TICKS_PER_S), self._last_ticks + 1)
+        self._last_ticks = ticks
+        self._send(mkv_frame(ticks, np.ascontiguousarray(pixels).tobytes()))
+        self.count += 1
+
+    def finish(self) -> None:
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass  # a dead ffmpeg is reported by its status just below
+        status = self._proc.wait()
+        self._stderr.join()
+        if status != 0:
+            raise self._failure(f"ffmpeg failed ({status}) writing")
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        self._proc.wait()
+        self._stderr.join()

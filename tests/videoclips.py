@@ -1,0 +1,98 @@
+"""Short test clips made from the real photos with the bundled ffmpeg, and a probe
+that decodes any output again (frames, size, alpha, timestamps, audio)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+
+FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+_SHOWINFO = re.compile(r"\bn:\s*\d+\s+pts:\s*\S+\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
+
+
+def ffmpeg(*args) -> None:
+    proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                           *map(str, args)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def make_clip(dst: Path, photo: Path, *, size=(160, 96), frames=12, fps=12, audio=False,
+              codec=("-c:v", "libx264", "-pix_fmt", "yuv420p"), audio_codec=("-c:a", "aac"),
+              vf_extra="") -> Path:
+    """A slow zoom into ``photo``: ``frames`` frames of ``size`` at ``fps``.
+
+    With ``audio`` a 440 Hz tone one second longer than the picture, so
+    outputs must cut it to the processed length.
+    """
+    w, h = size
+    zoom = (f"scale={w * 2}:{h * 2}:force_original_aspect_ratio=increase,crop={w * 2}:{h * 2},"
+            f"zoompan=z='1+0.02*on':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:"
+            f"s={w}x{h}:fps={fps}{vf_extra}")
+    args = ["-loop", "1", "-framerate", fps, "-i", photo]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={frames / fps + 1}"]
+    args += ["-vf", zoom, "-frames:v", frames, *codec]
+    if audio:
+        args += ["-map", "0:v", "-map", "1:a", *audio_codec]
+    ffmpeg(*args, dst)
+    return dst
+
+
+def make_vfr_clip(dst: Path, photo: Path) -> Path:
+    """12 frames at 12 fps, except a half-second hold after the sixth: 1.5 s, not 1 s."""
+    return make_clip(dst, photo, vf_extra=",setpts='(N+6*gte(N\\,6))/12/TB'",
+                     codec=("-c:v", "libx264", "-pix_fmt", "yuv420p", "-fps_mode", "vfr"))
+
+
+def rotate(src: Path, dst: Path, degrees: int) -> Path:
+    """The same stream with display-rotation metadata, as phones write it."""
+    ffmpeg("-display_rotation:v:0", degrees, "-i", src, "-c", "copy", dst)
+    return dst
+
+
+@dataclass
+class Probed:
+    frames: np.ndarray  # N x H x W x 4 uint8, RGBA as ffmpeg decodes it
+    pts: list[float]
+    audio_seconds: float | None  # None: no audio stream
+    header: str
+
+    @property
+    def count(self) -> int:
+        return len(self.frames)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames.shape[2], self.frames.shape[1]
+
+    @property
+    def duration(self) -> float:
+        m = re.search(r"Duration: (\d+):(\d+):(\d+\.\d+)", self.header)
+        h, mi, s = m.groups()
+        return int(h) * 3600 + int(mi) * 60 + float(s)
+
+
+def probe(path: Path) -> Probed:
+    """Decode ``path`` again with ffmpeg: every frame with its timestamp, and the audio."""
+    proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
+                           "-fps_mode", "passthrough", "-vf", "showinfo=checksum=0",
+                           "-pix_fmt", "rgba", "-f", "rawvideo", "-"], capture_output=True)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0, err
+    infos = _SHOWINFO.findall(err)
+    w, h = int(infos[0][1]), int(infos[0][2])
+    frames = np.frombuffer(proc.stdout, np.uint8).reshape(-1, h, w, 4)
+    assert len(frames) == len(infos)
+    audio = None
+    if re.search(r"Stream #0:\d.*: Audio:", err):
+        pcm = subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(path),
+                              "-map", "0:a:0", "-ac", "1", "-ar", "8000", "-f", "s16le", "-"],
+                             capture_output=True)
+        assert pcm.returncode == 0, pcm.stderr.decode()
+        audio = len(pcm.stdout) / 2 / 8000
+    return Probed(frames, [float(p) for p, _, _ in infos], audio, err)
