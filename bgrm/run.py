@@ -115,19 +115,26 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         except OSError as exc:
             raise OutputError(f"{output_dir}: cannot create the output folder: "
                               f"{describe_os_error(exc)}") from None
-    workers = jobs or batch.default_workers(job, len(files))
-    threads = threads or max(1, (os.cpu_count() or 1) // max(1, min(workers, len(files) or 1)))
+        if not os.access(output_dir, os.W_OK | os.X_OK):
+            # One clear error now, not the same one after every file's work.
+            read_only = os.statvfs(output_dir).f_flag & os.ST_RDONLY
+            raise OutputError(f"{output_dir}: cannot write into the output folder: "
+                              + ("read-only file system" if read_only else "permission denied"))
+    # On a cluster each worker sizes and places its own sessions (bgrm.distributed).
+    workers = 1 if scheduler else jobs or batch.default_workers(job, len(files))
+    if not scheduler:
+        threads = threads or max(1, (os.cpu_count() or 1) // max(1, min(workers, len(files) or 1)))
     runtime = batch.Runtime(model, device, threads, skip_existing, show_traceback)
     if device == "cuda" and workers > 1 and not model.custom:
         from bgrm.segment import check_device
 
         check_device(device)  # one clear error, not the same one for every file
-    if workers <= 1 or model.custom:
+    if (workers <= 1 and not scheduler) or model.custom:
         # Load (and so check) the model before the first file: a wrong graph
         # is one clear error, not one per file.
         from bgrm.segment import get_segmenter
 
-        get_segmenter(model, device, threads)
+        get_segmenter(model, "cpu" if scheduler else device, threads)
     dsts = batch.name_outputs(files, output_dir, output_extension(job, opts))
     jobs_list = [batch.Job(job, src, dst, str(src), opts, runtime)
                  for src, dst in zip(files, dsts, strict=True)]
