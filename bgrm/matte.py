@@ -81,7 +81,7 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
     if not ((sub_tri == 1).any() and (sub_tri == 0).any()):
         # Without both a sure foreground and a sure background the matte has
         # nothing to anchor it; the network's own soft mask is the best answer.
-        sub_alpha = np.where(sub_tri == 0.5, mask[box] / 255.0, sub_tri)
+        sub_alpha = np.where(tri[box] == 128, mask[box] / 255.0, sub_tri)
     else:
         cg_kwargs = {}
         is_unknown = tri[box].ravel() == 128
@@ -96,7 +96,7 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
         except ValueError:
             # The preconditioner can fail outright on some trimaps (rembg falls
             # back too); the network's soft mask is then the answer for the band.
-            sub_alpha = np.where(sub_tri == 0.5, mask[box] / 255.0, sub_tri)
+            sub_alpha = np.where(tri[box] == 128, mask[box] / 255.0, sub_tri)
     fg, bg = estimate_foreground_ml(img, sub_alpha, return_background=True)
     alpha[box] = sub_alpha
     delta[box] = fg - bg
