@@ -118,10 +118,34 @@ def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions):
     small_mask = _resize(mask, small)
     alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask)
     alpha = np.clip(_resize_float(alpha_s, (w, h)), 0.0, 1.0)
-    soft = (alpha > 0.0) & (alpha < 1.0)
+    ys, xs = np.nonzero((alpha > 0.0) & (alpha < 1.0))
     fg = rgb.copy()
-    if soft.any():
-        delta = _resize_float(delta_s, (w, h))
-        corrected = rgb[soft].astype(np.float32) / 255.0 + (1.0 - alpha[soft])[:, None] * delta[soft]
-        fg[soft] = np.clip(corrected * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if ys.size:
+        # Only soft pixels need the correction: sample it there rather than
+        # upscaling a full-size HxWx3 float image (hundreds of MB at 12 MP).
+        delta = _sample_bilinear(delta_s, ys, xs, (w, h))
+        corrected = rgb[ys, xs].astype(np.float32) / 255.0 + \
+            (1.0 - alpha[ys, xs])[:, None] * delta
+        fg[ys, xs] = np.clip(corrected * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return (alpha * 255.0 + 0.5).astype(np.uint8), fg
+
+
+def _sample_bilinear(small: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                     size: tuple[int, int]) -> np.ndarray:
+    """``small`` (h x w x C) upscaled bilinearly to ``size`` (W, H), read at (ys, xs) only.
+
+    Pixel centres map as in Pillow's BILINEAR resize, so this equals
+    ``_resize_float(small, size)[ys, xs]`` without building the full image.
+    """
+    h, w = small.shape[:2]
+    big_w, big_h = size
+    if (h, w) == (big_h, big_w):
+        return small[ys, xs].astype(np.float32)
+    sy = np.clip((ys + 0.5) * (h / big_h) - 0.5, 0, h - 1)
+    sx = np.clip((xs + 0.5) * (w / big_w) - 0.5, 0, w - 1)
+    y0, x0 = sy.astype(np.intp), sx.astype(np.intp)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (sy - y0).astype(np.float32)[:, None], (sx - x0).astype(np.float32)[:, None]
+    top = small[y0, x0] * (1 - fx) + small[y0, x1] * fx
+    bottom = small[y1, x0] * (1 - fx) + small[y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
