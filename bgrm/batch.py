@@ -147,10 +147,16 @@ def run(jobs: list[Job], workers: int, on_progress: Callable[[int, int], None],
     """Run the jobs inline (one worker) or on a pool; results in input order."""
     if workers <= 1 or len(jobs) <= 1:
         results = []
-        for i, job in enumerate(jobs):
-            result = run_job(job, lambda n, i=i: on_progress(i, n))
-            on_result(i, result)
-            results.append(result)
+        try:
+            for i, job in enumerate(jobs):
+                result = run_job(job, lambda n, i=i: on_progress(i, n))
+                on_result(i, result)
+                results.append(result)
+        except BaseException:
+            # Ctrl-C can land inside atomic_path's cleanup, after the temporary
+            # file was made and before it was removed.
+            remove_leftovers({job.dst.parent for job in jobs}, os.getpid())
+            raise
         return results
     from bgrm.pool import run_pool
 

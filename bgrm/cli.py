@@ -164,9 +164,8 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         status = exc.exit_code
-    except click.exceptions.Abort:
-        status = ExitStatus.INTERRUPTED
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Click turns Ctrl-C inside a command into Abort.
         click.echo("bgrm: interrupted", err=True)
         status = ExitStatus.INTERRUPTED
     except BgrmError as exc:

@@ -19,6 +19,9 @@ from bgrm.options import ImageOptions
 # 30000x30000 "decompression bomb" would need ~10 GB just to hold. 16-bit
 # scans and 100 MP medium-format photos still fit.
 MAX_PIXELS = 150_000_000
+# That check replaces Pillow's own, which would otherwise fire first (above
+# 179 MP) with a message about "DOS attacks" instead of the size and the limit.
+Image.MAX_IMAGE_PIXELS = None
 PNG_COMPRESS_LEVEL = 6
 
 

@@ -24,7 +24,11 @@ def tmp_name(dst: Path) -> Path:
 def describe_os_error(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return exc.strerror or str(exc)
 
@@ -43,7 +47,9 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
+        # OSError, not only FileNotFoundError: on a read-only or vanished
+        # folder the unlink fails too, and must not hide the real error.
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 

@@ -8,10 +8,12 @@ its file is reported failed. No polling: the parent sleeps in ``wait``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
@@ -44,6 +46,7 @@ def _worker(conn, fn: Task) -> None:
         if item is None:
             return
         index, job = item
+        conn.send(("started", index, None))
         # ``fn`` turns every error of its file into a result; anything that
         # escapes ends this worker, and the parent reports the file as failed.
         result = fn(job, lambda n, i=index: conn.send(("progress", i, n)))
@@ -56,7 +59,7 @@ def _context():
     # locks is how pools deadlock, and the parent may well have loaded a model.
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["bgrm.batch", "bgrm.image"])
+        ctx.set_forkserver_preload(["bgrm._forkserver", "bgrm.batch", "bgrm.image"])
         return ctx
     return mp.get_context("spawn")
 
@@ -82,10 +85,16 @@ def run_pool(jobs: list, fn: Task, workers: int, *, on_progress: Callable[[int, 
         child.close()
         return parent, proc
 
+    started: set = set()  # indices a worker has begun (it said so)
+    tries: dict = {}  # index -> workers that died holding it
+
     def assign(conn, proc):
         index, job = pending.pop()
-        conn.send((index, job))
         busy[conn] = (proc, index)
+        # A worker dead already: its pipe reads EOF, and the loop below hands
+        # the job on.
+        with contextlib.suppress(OSError):
+            conn.send((index, job))
 
     try:
         for _ in range(min(workers, len(jobs))):
@@ -107,13 +116,22 @@ def run_pool(jobs: list, fn: Task, workers: int, *, on_progress: Callable[[int, 
                         raise EOFError
                     kind, i, payload = conn.recv()
                 except (EOFError, OSError):
-                    proc.join()
+                    _reap(proc)
                     del busy[conn]
-                    results[index] = on_death(jobs[index], proc.pid, proc.exitcode)
-                    on_result(index, results[index])
+                    tries[index] = tries.get(index, 0) + 1
+                    if index not in started and tries[index] < 3:
+                        # It died between two files, before it began this one:
+                        # the file is not to blame; a fresh worker takes it.
+                        pending.append((index, jobs[index]))
+                    else:
+                        results[index] = on_death(jobs[index], proc.pid, proc.exitcode)
+                        on_result(index, results[index])
                     if pending:
                         conn, proc = start()
                         assign(conn, proc)
+                    continue
+                if kind == "started":
+                    started.add(i)
                     continue
                 if kind == "progress":
                     on_progress(i, payload)
@@ -124,16 +142,40 @@ def run_pool(jobs: list, fn: Task, workers: int, *, on_progress: Callable[[int, 
                 if pending:
                     assign(conn, proc)
                 else:
-                    conn.send(None)
+                    with contextlib.suppress(OSError):  # it may have died since
+                        conn.send(None)
                     idle.append((conn, proc))
     except BaseException:
-        _stop([(c, p) for c, (p, _) in busy.items()], on_death_cleanup=on_death, jobs=jobs,
-              busy=busy)
+        with _interrupts_ignored():
+            _stop([(c, p) for c, (p, _) in busy.items()], on_death_cleanup=on_death,
+                  jobs=jobs, busy=busy)
         raise
     finally:
         for _conn, proc in idle:
             proc.join(timeout=5)
     return results
+
+
+def _reap(proc) -> None:
+    """Wait for a worker whose pipe closed; one that lingers is killed."""
+    proc.join(timeout=10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+@contextlib.contextmanager
+def _interrupts_ignored():
+    """A second Ctrl-C must not cut short the stopping of the workers (each
+    removes its temporary file as it ends); the first one is re-raised after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop(workers, *, on_death_cleanup, jobs, busy) -> None:
