@@ -1,0 +1,229 @@
+"""`--scheduler`: a batch on a real Dask cluster gives the files a local run gives.
+
+One LocalCluster with processes (2 workers, 1 thread each) serves the module;
+the CLI runs in a subprocess and connects to it as a user's would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bgrm.distributed import PLUGIN_NAME
+from bgrm.models import ASSETS
+
+distributed = pytest.importorskip("distributed")
+
+PHOTOS = ["astronaut.png", "chelsea.png", "rocket.jpg"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``(address, client)`` of a local cluster whose workers have no models installed."""
+    from distributed import Client, LocalCluster
+
+    worker_models = tmp_path_factory.mktemp("worker-models")
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=None, env={"BGRM_MODELS": str(worker_models)})
+    client = Client(local, set_as_default=False)
+    try:
+        yield local.scheduler_address, client
+    finally:
+        client.close()
+        local.close()
+
+
+def _inputs(fixtures, tmp_path) -> list[Path]:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    return [fixtures / p for p in PHOTOS] + [broken]
+
+
+def _bar(stderr: bytes) -> str:
+    """The progress bar's last count, e.g. ``3/4``."""
+    counts = re.findall(r"(\d+/\d+) \[", stderr.decode(errors="replace"))
+    return counts[-1] if counts else ""
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_batch_matches_local_run(bgrm, fixtures, tmp_path, cluster):
+    address, _ = cluster
+    inputs = _inputs(fixtures, tmp_path)
+    common = ["--model", "u2netp", "--json", "--progress"]
+    local = bgrm("image", *inputs, "-o", tmp_path / "local", *common)
+    remote = bgrm("image", *inputs, "-o", tmp_path / "remote", *common, "--scheduler", address)
+
+    for proc in (local, remote):
+        assert proc.returncode == 1, proc.stderr.decode()
+        assert b"broken.png: not an image bgrm can read" in proc.stderr
+    got, want = json.loads(remote.stdout), json.loads(local.stdout)
+    assert got["failed"] == want["failed"] and len(got["failed"]) == 1
+    assert got["failed"][0]["filename"] == "broken.png"
+    assert [f["filename"] for f in got["files"]] == [f["filename"] for f in want["files"]]
+    assert [f["url"] for f in got["files"]] == \
+        [str(tmp_path / "remote" / f["filename"]) for f in got["files"]]
+    assert got["finished"] is True
+    # The same files, byte for byte, and nothing else (no temporaries).
+    remote_files, local_files = _outputs(tmp_path / "remote"), _outputs(tmp_path / "local")
+    assert sorted(remote_files) == [f"{Path(p).stem}_processed.png" for p in sorted(PHOTOS)]
+    assert remote_files == local_files
+    assert _bar(remote.stderr) == _bar(local.stderr) == "3/4"
+
+
+def test_workers_resolve_and_keep_their_model(bgrm, fixtures, tmp_path, cluster, models_home):
+    """Registry models are found where each worker is; the session outlives a task and a run."""
+    address, client = cluster
+    # The client finds u2netp installed in its models folder; the workers have
+    # none installed, and must use their own bundled copy, not the client's path.
+    shutil.copy(ASSETS / "u2netp.onnx", models_home / "u2netp.onnx")
+
+    def sessions():
+        def probe(dask_worker):
+            from bgrm import segment
+
+            return PLUGIN_NAME in dask_worker.plugins, {k[0]: id(v) for k, v in
+                                                        segment._CACHE.items()}
+        return client.run(probe)
+
+    photos = [fixtures / p for p in PHOTOS]
+    first = bgrm("image", *photos, "-o", tmp_path / "a", "--model", "u2netp",
+                 "--scheduler", address)
+    assert first.returncode == 0, first.stderr.decode()
+    after_first = sessions()
+    second = bgrm("image", *photos, "-o", tmp_path / "b", "--model", "u2netp",
+                  "--scheduler", address)
+    assert second.returncode == 0, second.stderr.decode()
+    after_second = sessions()
+
+    bundled = str(ASSETS / "u2netp.onnx")
+    loaded = [s for _, s in after_first.values() if s]
+    assert loaded, "no worker loaded a model"
+    for plugged, cached in after_first.values():
+        assert plugged
+        assert set(cached) <= {bundled}
+    for addr, (_, cached) in after_first.items():
+        # Loaded once per worker: the second run reused every session.
+        assert all(after_second[addr][1].get(k) == v for k, v in cached.items())
+    assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
+
+
+def test_custom_model_path_is_used_as_given(bgrm, fixtures, tmp_path, cluster):
+    address, client = cluster
+    custom = tmp_path / "shared" / "mine.onnx"
+    custom.parent.mkdir()
+    shutil.copy(ASSETS / "u2netp.onnx", custom)
+    photo = fixtures / "chelsea.png"
+    local = bgrm("image", photo, "-o", tmp_path / "local", "--model", custom)
+    remote = bgrm("image", photo, "-o", tmp_path / "remote", "--model", custom,
+                  "--scheduler", address)
+    assert local.returncode == remote.returncode == 0, remote.stderr.decode()
+    assert _outputs(tmp_path / "remote") == _outputs(tmp_path / "local")
+
+    def paths(dask_worker):
+        from bgrm import segment
+
+        return [k[0] for k in segment._CACHE]
+    assert any(str(custom) in p for p in client.run(paths).values())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bgrm.video.pipeline") is None,
+                    reason="bgrm video is not built yet (no bgrm.video.pipeline)")
+def test_video_matches_local_run(bgrm, fixtures, tmp_path, cluster):
+    address, _ = cluster
+    clip = fixtures / "no_time_for_that_tiny.gif"
+    args = ["--model", "u2netp", "--video-format", "gif", "--frame-limit", "4"]
+    local = bgrm("video", clip, "-o", tmp_path / "local", *args)
+    remote = bgrm("video", clip, "-o", tmp_path / "remote", *args, "--scheduler", address)
+    assert local.returncode == 0, local.stderr.decode()
+    assert remote.returncode == 0, remote.stderr.decode()
+    assert _outputs(tmp_path / "remote") == _outputs(tmp_path / "local")
+
+
+def test_without_dask_says_what_to_install(bgrm, fixtures, tmp_path):
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    # Imported at start-up from PYTHONPATH: makes `import distributed` fail as
+    # it does where the extra is not installed.
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoDask:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('dask', 'distributed'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _NoDask())\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    proc = bgrm("image", fixtures / "rocket.jpg", "-o", tmp_path, "--model", "u2netp",
+                "--scheduler", "tcp://127.0.0.1:8786", env=env)
+    assert proc.returncode == 2, proc.stderr.decode()
+    assert b"pip install 'bgrm[dask]'" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*_processed.png"))
+
+
+def test_bad_or_unreachable_scheduler(bgrm, fixtures, tmp_path):
+    photo = fixtures / "rocket.jpg"
+    bad = bgrm("image", photo, "-o", tmp_path, "--model", "u2netp", "--scheduler", "tcp://host:")
+    assert bad.returncode == 2 and b"not a Dask scheduler address" in bad.stderr, bad.stderr
+    # Port 9 (discard) on this machine: nothing listens there.
+    down = bgrm("image", photo, "-o", tmp_path, "--model", "u2netp",
+                "--scheduler", "tcp://127.0.0.1:9",
+                env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
+    assert down.returncode == 1, down.stderr.decode()
+    assert b"cannot reach the Dask scheduler at tcp://127.0.0.1:9" in down.stderr
+    assert b"Traceback" not in down.stderr
+
+
+def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, fixtures):
+    """SIGKILL the worker that is writing an output: Dask runs the file again
+    elsewhere, the output is whole, and the dead attempt's temporary is gone.
+
+    Runs last: the cluster's nanny restarts the killed worker.
+    """
+    import subprocess
+
+    from PIL import Image
+
+    address, client = cluster
+    big = tmp_path / "big.png"
+    # Large enough that writing the PNG takes a while: a window to kill in.
+    with Image.open(fixtures / "astronaut.png") as im:
+        im.convert("RGB").resize((2800, 2800), Image.Resampling.BICUBIC).save(big)
+    pids = set(client.run(os.getpid).values())
+    out = tmp_path / "remote"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bgrm", "image", big, "-o", out, "--model", "u2netp",
+         "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    interrupted = None
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and interrupted is None and time.monotonic() < deadline:
+        for tmp in out.glob(".big_processed.bgrm-tmp-*.png") if out.is_dir() else ():
+            pid = int(tmp.name.split("bgrm-tmp-")[1].split(".")[0])
+            if pid in pids:  # only ever a worker of this test's cluster
+                os.kill(pid, signal.SIGKILL)
+                interrupted = tmp
+                break
+        time.sleep(0.005)
+    if interrupted is not None:
+        time.sleep(0.2)
+        # Killed mid-write: its temporary is there, half written, for now.
+        assert interrupted.exists()
+    stdout, stderr = proc.communicate(timeout=180)
+    assert interrupted is not None, "the output was written before it could be interrupted"
+    assert proc.returncode == 0, stderr.decode()
+
+    local = bgrm("image", big, "-o", tmp_path / "local", "--model", "u2netp")
+    assert local.returncode == 0, local.stderr.decode()
+    assert _outputs(out) == _outputs(tmp_path / "local")
+    assert sorted(p.name for p in out.iterdir()) == ["big_processed.png"]
