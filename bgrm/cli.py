@@ -7,6 +7,7 @@ imageio are imported only inside the commands that need them.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -153,9 +154,18 @@ def _run(ctx, job: str, kwargs: dict, run_command) -> None:
     ctx.exit(run_command(job, opts, **kwargs))
 
 
+def _terminated(signum, frame):
+    # `kill`, `timeout`, a closed terminal: unwind as Ctrl-C does, so that
+    # temporary files are removed and workers stopped, then exit as the signal would.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: map errors and Ctrl-C to exit statuses, in this one place."""
     show_traceback = "--traceback" in sys.argv
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:  # not under nohup
+            signal.signal(signum, _terminated)
     try:
         # prog_name: usage lines read "bgrm image", also under `python -m bgrm`.
         status = cli.main(standalone_mode=False, prog_name="bgrm")

@@ -31,6 +31,8 @@ def _on_term(signum, frame):
 def _worker(conn, fn: Task) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
     signal.signal(signal.SIGTERM, _on_term)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:  # not under nohup
+        signal.signal(signal.SIGHUP, _on_term)
     # The parent's stdout carries --json; anything a library prints in a worker
     # (pymatting's warnings, C-level banners) goes to stderr instead.
     try:

@@ -418,26 +418,46 @@ MOMENTS = {
 }
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
-@pytest.mark.parametrize("moment", sorted(MOMENTS))
-def test_ctrl_c_then_skip_existing_rerun(tmp_path, env, jobs, moment):
-    inputs = _batch(tmp_path / "in", 3)
-    out = tmp_path / "out"
-    proc = start(env, "image", tmp_path / "in", "-o", out, "--jobs", jobs)
+def _interrupt(env, out: Path, moment: str, send, *args) -> tuple[int, str]:
+    """Start a run, wait for ``moment``, ``send(proc)`` a signal; check that it
+    ended cleanly: no traceback, no process left, nothing half-written."""
+    proc = start(env, *args, "-o", out)
     try:
         _wait_for(proc, MOMENTS[moment](out), f"the {moment} moment")
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        send(proc)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, err.decode()
-    assert "Traceback" not in err.decode(), err.decode()
-    assert err.decode().strip().splitlines()[-1] == "bgrm: interrupted"
+    err = err.decode(errors="replace")
+    assert "Traceback" not in err, err
     assert_no_orphans(proc.pid)
+    for name in _names(out):
+        assert TMP_MARK not in name, f"temporary file left: {name}"
+    return proc.returncode, err
+
+
+def ctrl_c(proc, times: int = 1) -> None:
+    for _ in range(times):
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("moment", sorted(MOMENTS))
+def test_ctrl_c_then_skip_existing_rerun(tmp_path, env, jobs, moment):
+    inputs = _batch(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    status, err = _interrupt(env, out, moment, ctrl_c, "image", tmp_path / "in", "--jobs", jobs)
+    assert status == 130, err
+    assert err.strip().splitlines()[-1] == "bgrm: interrupted"
     done = finished_outputs(out) if out.exists() else {}
     assert len(done) < len(inputs)
+    if moment == "between":
+        assert done
+    elif not done:
+        return  # nothing to keep: the rerun would be a plain run
 
     # The rerun does the rest and leaves what was finished untouched.
     rerun = run(env, "image", tmp_path / "in", "-o", out, "--jobs", jobs, "--skip-existing",
@@ -447,6 +467,26 @@ def test_ctrl_c_then_skip_existing_rerun(tmp_path, env, jobs, moment):
     assert sorted(after) == sorted(f"{p.stem}_processed.png" for p in inputs)
     for name, (mtime, data) in done.items():
         assert after[name] == (mtime, data), f"{name} was rewritten"
+
+
+def test_ctrl_c_twice_while_stopping(tmp_path, env):
+    _batch(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    status, err = _interrupt(env, out, "writing", lambda p: ctrl_c(p, times=3),
+                             "image", tmp_path / "in", "--jobs", "2")
+    assert status == 130, err
+    finished_outputs(out)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_unwinds_like_ctrl_c(tmp_path, env, jobs):
+    """`kill` or `timeout` reach only bgrm itself: its workers are stopped too."""
+    _batch(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    status, err = _interrupt(env, out, "writing", lambda p: os.kill(p.pid, signal.SIGTERM),
+                             "image", tmp_path / "in", "--jobs", jobs)
+    assert status == 128 + signal.SIGTERM, err
+    finished_outputs(out)
 
 
 def test_killed_worker_fails_only_its_file(tmp_path, env):
@@ -694,6 +734,18 @@ def test_broken_video_gets_one_line_reason(bad_videos, tmp_path, env, name):
     assert "\n" not in failed[0]["error"]
     assert _names(out) == []
     assert_no_orphans(proc.pid)
+
+
+def test_ctrl_c_during_video_leaves_no_ffmpeg(tmp_path, env):
+    pytest.importorskip("bgrm.video.pipeline")
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=160x120:rate=10", "-f", "lavfi", "-i", "sine=frequency=440",
+                    "-t", "3", "-pix_fmt", "yuv420p", "-shortest", str(clip)], check=True)
+    out = tmp_path / "out"
+    status, err = _interrupt(env, out, "writing", ctrl_c, "video", clip)
+    assert status == 130, err
+    assert _names(out) == []
 
 
 def test_offline_video_job(tmp_path, offline_env):
