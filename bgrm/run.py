@@ -152,7 +152,8 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
                    file=sys.stderr, dynamic_ncols=True, leave=True)
 
     def on_progress(index: int, n: int) -> None:
-        if bar is not None:
+        # Images count whole files, failed and skipped ones too (in on_result).
+        if bar is not None and job != "image":
             bar.update(n)
 
     finished: dict[int, Result] = {}
@@ -162,6 +163,8 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         # Workers finish in any order; the user hears about files in the order given.
         nonlocal said
         finished[index] = result
+        if bar is not None and job == "image":
+            bar.update(1)
         printer = bar.write if bar is not None else (lambda m: click.echo(m, err=True))
         while said in finished:
             done = finished.pop(said)
