@@ -23,19 +23,19 @@ def ffmpeg(*args) -> None:
 
 def make_clip(dst: Path, photo: Path, *, size=(160, 96), frames=12, fps=12, audio=False,
               codec=("-c:v", "libx264", "-pix_fmt", "yuv420p"), audio_codec=("-c:a", "aac"),
-              vf_extra="") -> Path:
+              vf_extra="", crop="crop=iw:ih*0.62:0:0") -> Path:
     """A slow zoom into ``photo``: ``frames`` frames of ``size`` at ``fps``.
 
-    With ``audio`` a 440 Hz tone one second longer than the picture, so
-    outputs must cut it to the processed length.
+    The default ``crop`` frames the astronaut's head and shoulders, so the
+    subject is clear to the small model. With ``audio`` a 440 Hz tone.
     """
     w, h = size
-    zoom = (f"scale={w * 2}:{h * 2}:force_original_aspect_ratio=increase,crop={w * 2}:{h * 2},"
+    zoom = (f"{crop + ',' if crop else ''}scale={w * 2}:{h * 2}:force_original_aspect_ratio=increase,crop={w * 2}:{h * 2},"
             f"zoompan=z='1+0.02*on':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:"
             f"s={w}x{h}:fps={fps}{vf_extra}")
     args = ["-loop", "1", "-framerate", fps, "-i", photo]
     if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={frames / fps + 1}"]
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={frames / fps}"]
     args += ["-vf", zoom, "-frames:v", frames, *codec]
     if audio:
         args += ["-map", "0:v", "-map", "1:a", *audio_codec]
@@ -77,9 +77,14 @@ class Probed:
         return int(h) * 3600 + int(mi) * 60 + float(s)
 
 
-def probe(path: Path) -> Probed:
-    """Decode ``path`` again with ffmpeg: every frame with its timestamp, and the audio."""
-    proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0",
+def probe(path: Path, autorotate: bool = True) -> Probed:
+    """Decode ``path`` again with ffmpeg: every frame with its timestamp, and the audio.
+
+    ``autorotate=False`` shows the pixels as stored, ignoring rotation metadata.
+    """
+    turn = [] if autorotate else ["-noautorotate"]
+    proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *turn, "-i", str(path),
+                           "-map", "0:v:0",
                            "-fps_mode", "passthrough", "-vf", "showinfo=checksum=0",
                            "-pix_fmt", "rgba", "-f", "rawvideo", "-"], capture_output=True)
     err = proc.stderr.decode("utf-8", "replace")

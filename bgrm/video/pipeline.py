@@ -23,7 +23,7 @@ from bgrm.outputs import atomic_path
 from bgrm.video.formats import FORMATS, Format
 from bgrm.video.reader import Frame, VideoReader
 from bgrm.video.stages import run_stages
-from bgrm.video.writer import VideoWriter
+from bgrm.video.writer import VideoWriter, add_audio
 
 
 class MaskFilter:
@@ -158,8 +158,7 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
         pixels, pts = item
         if writer is None:
             h, w = pixels.shape[:2]
-            audio = src if reader.info.has_audio else None
-            writer = VideoWriter(tmp, fmt, (w, h), out_rate or reader.info.rate, audio, name,
+            writer = VideoWriter(picture, fmt, (w, h), out_rate or reader.info.rate, name,
                                  target=dst)
             if writer.padded:
                 notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
@@ -171,15 +170,26 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
 
     try:
         with atomic_path(dst) as tmp:
+            # The input's header (has it audio?) is read while the first frame decodes.
+            with_audio = fmt.audio_args is not None
+            picture = tmp.with_name(f"{tmp.stem}.picture{tmp.suffix}") if with_audio else tmp
             try:
                 run_stages(reader, [prepare, infer, finish], encode)
                 if writer is None:
                     raise InputError(f"{name}: no video frames could be decoded")
                 writer.finish()
+                if with_audio:
+                    if reader.info.has_audio:
+                        add_audio(picture, src, tmp, fmt, writer.end, name, dst)
+                    else:
+                        picture.replace(tmp)
             except BaseException:
                 if writer is not None:
                     writer.abort()
                 raise
+            finally:
+                if picture != tmp:
+                    picture.unlink(missing_ok=True)
     finally:
         reader.close()
         if release_background:

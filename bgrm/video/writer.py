@@ -4,9 +4,12 @@ Frames reach ffmpeg as a minimal Matroska stream on its stdin rather than as
 bare raw video: raw video has no timestamps, so a variable-frame-rate input
 would come out evenly spaced. Matroska carries each frame's time, and
 ``-fps_mode passthrough`` keeps every frame once, so the output is
-frame-exact and keeps the input's timing. The input file is a second ffmpeg
-input for its audio (``-map 1:a:0?``: optional, so a silent input works),
-cut to the video's length with ``-shortest``.
+frame-exact and keeps the input's timing.
+
+Audio is added afterwards by ``add_audio``, a copy of the finished picture
+beside the input's audio read for exactly the picture's duration. Doing it
+in the encoding pass needs ``-shortest``, which cuts the *video* when the
+audio is shorter, and drops the last frame even when it is not.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: Path, fmt: Format, size: tuple[int, int], rate: Fraction | None,
-                 audio_from: Path | None, name: str, target: Path | None = None):
+                 name: str, target: Path | None = None):
         self.fmt, self.name, self.path = fmt, name, path
         self.target = target or path  # the name to show: path may be a temporary
         w, h = size
@@ -85,15 +88,14 @@ class VideoWriter:
         self.padded = any(self.pad)
         self.size = (w + self.pad[1], h + self.pad[0])
         self.count = 0
+        self.rate = rate
         self._last_ticks = -1
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error", "-y",
-               "-f", "matroska", "-i", "pipe:0"]
-        maps = ["-map", "0:v:0"]
-        if audio_from is not None and fmt.audio_args is not None:
-            cmd += ["-vn", "-sn", "-dn", "-i", str(audio_from)]
-            maps += ["-map", "1:a:0?", *fmt.audio_args, "-shortest"]
-        cmd += [*maps, "-vf", fmt.filter, "-fps_mode", "passthrough", *fmt.video_args,
-                "-map_metadata", "-1", "-f", fmt.muxer, str(path)]
+        self._last_step = 1 / float(rate) if rate else None
+        self.end = 0.0  # seconds: where the last frame stops showing
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error",
+               "-y", "-f", "matroska", "-i", "pipe:0", "-map", "0:v:0", "-vf", fmt.filter,
+               "-fps_mode", "passthrough", *fmt.video_args, "-map_metadata", "-1",
+               "-f", fmt.muxer, str(path)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE)
         self._errors: collections.deque = collections.deque(maxlen=20)
@@ -124,7 +126,10 @@ class VideoWriter:
         # Strictly increasing, or the muxer refuses the frame: two source frames
         # closer than a tick (broken timestamps) are kept one tick apart.
         ticks = max(round(max(pts, 0.0) * _TICKS_PER_S), self._last_ticks + 1)
+        if self.rate is None and self._last_ticks >= 0:
+            self._last_step = (ticks - self._last_ticks) / _TICKS_PER_S
         self._last_ticks = ticks
+        self.end = (ticks / _TICKS_PER_S) + (self._last_step or 0.04)
         self._send(mkv_frame(ticks, np.ascontiguousarray(pixels).tobytes()))
         self.count += 1
 
@@ -147,3 +152,19 @@ class VideoWriter:
             pass
         self._proc.wait()
         self._stderr.join()
+
+
+def add_audio(video: Path, src: Path, dst: Path, fmt: Format, seconds: float, name: str,
+              target: Path) -> None:
+    """``video`` plus the first ``seconds`` of ``src``'s audio -> ``dst``; the picture
+    is copied untouched, so its frames and timing stay exactly as encoded."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error",
+           "-y", "-i", str(video), "-t", f"{seconds:.6f}", "-vn", "-sn", "-dn", "-i", str(src),
+           "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", *fmt.audio_args,
+           *(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
+           "-f", fmt.muxer, str(dst)]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+    if proc.returncode != 0:
+        lines = [split_line(ln)[2] for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
+        raise OutputError(f"{name}: ffmpeg failed ({proc.returncode}) adding the audio to "
+                          f"{target}: {first_error(lines)}")
