@@ -220,7 +220,10 @@ def _failure(job, exc: BaseException) -> Result:
     if kind in ("CancelledError", "FutureCancelledError"):
         return Result(job.name, error=f"{job.name}: cancelled on the cluster (the scheduler "
                                       "went away, or the task was cancelled there)")
-    return Result(job.name, error=f"{job.name}: failed on the cluster: {kind}: {exc}")
+    hint = ""
+    if isinstance(exc, ImportError) and "bgrm" in str(exc):
+        hint = " (every worker needs bgrm installed, the same version as here)"
+    return Result(job.name, error=f"{job.name}: failed on the cluster: {kind}: {exc}{hint}")
 
 
 def run_on_cluster(address: str, jobs: list, on_progress: Callable[[int, int], None],
