@@ -655,6 +655,35 @@ def test_fuzz_image_entry_point(tmp_path):
 
     seeds = _seeds()
 
+
+    src = tmp_path / "fuzz.png"
+    dst = tmp_path / "out" / "fuzz_processed.png"
+    dst.parent.mkdir()
+
+    @hypothesis.settings(max_examples=400, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.one_of(st.binary(max_size=512), _mutations(st, seeds)))
+    def check(data):
+        src.write_bytes(data)
+        dst.unlink(missing_ok=True)
+        with _time_limit(20):
+            try:
+                process_file(src, dst, ImageOptions(), _StubSegmenter())
+            except InputError as exc:
+                message = str(exc)
+                assert message.startswith(f"{src}: ") and "\n" not in message, message
+                assert not dst.exists()
+            else:
+                with Image.open(dst) as im:
+                    im.load()
+        assert [p.name for p in dst.parent.iterdir()] in ([], [dst.name])
+
+    check()
+
+
+def _mutations(st, seeds: dict[str, bytes]):
+    """Seeds mangled a few times: bits flipped, bytes set, cut, inserted, deleted."""
+
     @st.composite
     def mutated(draw):
         data = bytearray(seeds[draw(st.sampled_from(sorted(seeds)))])
@@ -673,29 +702,7 @@ def test_fuzz_image_entry_point(tmp_path):
                 del data[at:at + draw(st.integers(1, 64))]
         return bytes(data)
 
-    src = tmp_path / "fuzz.png"
-    dst = tmp_path / "out" / "fuzz_processed.png"
-    dst.parent.mkdir()
-
-    @hypothesis.settings(max_examples=250, deadline=None, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
-    @hypothesis.given(st.one_of(st.binary(max_size=512), mutated()))
-    def check(data):
-        src.write_bytes(data)
-        dst.unlink(missing_ok=True)
-        with _time_limit(20):
-            try:
-                process_file(src, dst, ImageOptions(), _StubSegmenter())
-            except InputError as exc:
-                message = str(exc)
-                assert message.startswith(f"{src}: ") and "\n" not in message, message
-                assert not dst.exists()
-            else:
-                with Image.open(dst) as im:
-                    im.load()
-        assert [p.name for p in dst.parent.iterdir()] in ([], [dst.name])
-
-    check()
+    return mutated()
 
 
 # ------------------------------------------------------------------ video
@@ -760,3 +767,59 @@ def test_offline_video_job(tmp_path, offline_env):
     assert proc.returncode == 0, no_traceback(proc)
     assert (tmp_path / "out" / "clip_processed.gif").exists()
     assert not log.exists(), log.read_text()
+
+
+class _StubVideoSegmenter:
+    """The model's place in the video fuzz: a mid-grey saliency map, instantly."""
+
+    def prepare(self, image):
+        return image.size
+
+    def predict(self, tensor):
+        return np.full((32, 32), 128, np.uint8)
+
+
+def _live_children() -> list[str]:
+    me = os.getpid()
+    return [cmdline(int(p)) for p in os.listdir("/proc")
+            if p.isdigit() and (info := _stat(p)) and info[0] == me and info[2] != "Z"]
+
+
+def test_fuzz_video_entry_point(tmp_path):
+    hypothesis = pytest.importorskip("hypothesis")
+    pytest.importorskip("bgrm.video.pipeline")
+    st = hypothesis.strategies
+
+    from bgrm.errors import BgrmError
+    from bgrm.options import VideoOptions
+    from bgrm.video.pipeline import process_file
+
+    seeds = {}
+    for ext, extra in ((".mp4", ["-pix_fmt", "yuv420p"]), (".gif", []), (".webm", [])):
+        clip = tmp_path / f"seed{ext}"
+        subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
+                        "testsrc=size=32x24:rate=10", "-t", "0.3", *extra, str(clip)],
+                       check=True)
+        seeds[ext] = clip.read_bytes()
+    src = tmp_path / "fuzz.mp4"
+    dst = tmp_path / "out" / "fuzz_processed.mov"
+    dst.parent.mkdir()
+    opts = VideoOptions(frame_limit=2)
+
+    @hypothesis.settings(max_examples=60, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.one_of(st.binary(max_size=512), _mutations(st, seeds)))
+    def check(data):
+        src.write_bytes(data)
+        dst.unlink(missing_ok=True)
+        with _time_limit(30):
+            try:
+                process_file(src, dst, opts, _StubVideoSegmenter())
+            except BgrmError as exc:
+                message = str(exc)
+                assert message.startswith(f"{src}: ") and "\n" not in message, message
+                assert not dst.exists()
+        assert [p.name for p in dst.parent.iterdir()] in ([], [dst.name])
+        assert not _live_children()  # no ffmpeg left running
+
+    check()
