@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -56,6 +57,10 @@ def _frames_note(im: Image.Image, name: str) -> str | None:
 def decode(data: bytes | Path, name: str) -> Decoded:
     """Read an image file (or bytes) into upright 8-bit RGB plus its own alpha."""
     notes: list[str] = []
+    if isinstance(data, Path) and _special(data):
+        # A pipe with no writer would block forever, /dev/zero never ends.
+        raise InputError(f"{name}: not a regular file (a pipe or a device); "
+                         "give the bytes on standard input with - instead")
     if (len(data) if isinstance(data, bytes) else _size(data)) == 0:
         raise InputError(f"{name}: empty file (0 bytes)")
     try:
@@ -95,6 +100,14 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     except (OSError, ValueError) as exc:
         raise InputError(f"{name}: cannot convert its {im.mode} pixels to RGB ({exc})") from exc
     return Decoded(rgb, alpha, notes)
+
+
+def _special(path: Path) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False  # Image.open says what is wrong
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
 
 
 def _size(path: Path) -> int | None:

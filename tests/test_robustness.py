@@ -237,6 +237,25 @@ def test_bomb_is_refused_before_decoding_with_low_memory(tmp_path, env):
     assert "900 megapixels" in no_traceback(proc)
 
 
+def test_pipes_devices_and_dangling_links_never_hang(tmp_path, env, fixtures):
+    os.mkfifo(tmp_path / "fifo.jpg")  # nobody will ever write to it
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "album.jpg").mkdir()  # a folder with an image's name is a folder
+    shutil.copy(fixtures / "chelsea.png", tmp_path / "album.jpg" / "cat.png")
+    proc = run(env, "image", "fifo.jpg", "/dev/zero", "gone.jpg", "album.jpg", "-o", "out",
+               "--json", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    no_traceback(proc)
+    report = json.loads(proc.stdout)
+    assert [f["error"] for f in report["failed"]] == [
+        "fifo.jpg: not a regular file (a pipe or a device); give the bytes on standard "
+        "input with - instead",
+        "/dev/zero: not a regular file (a pipe or a device); give the bytes on standard "
+        "input with - instead",
+        "gone.jpg: no such file or folder"]
+    assert [f["filename"] for f in report["files"]] == ["cat_processed.png"]
+
+
 # ----------------------------------------------------------------- names
 
 def test_awkward_file_names(tmp_path, env, fixtures):
