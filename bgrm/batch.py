@@ -53,13 +53,23 @@ def expand(inputs: list[str], kind: str, recursive: bool,
     """
     files: list[Path | Result] = []
     for item in inputs:
+        if not item.strip():
+            # Path("") is the current folder: an empty argument (an unset shell
+            # variable) must not quietly mean "every picture here".
+            files.append(Result(item, error="'': an empty input name"))
+            continue
         path = Path(item)
         if path.is_dir():
-            found = path.rglob("*") if recursive else path.iterdir()
-            chosen = sorted(p for p in found if p.is_file()
-                            and p.suffix.lower() in EXTENSIONS[kind]
-                            and not _hidden(p.relative_to(path))
-                            and not is_output_name(p))
+            try:
+                found = path.rglob("*") if recursive else path.iterdir()
+                chosen = sorted(p for p in found if p.is_file()
+                                and p.suffix.lower() in EXTENSIONS[kind]
+                                and not _hidden(p.relative_to(path))
+                                and not is_output_name(p))
+            except OSError as exc:
+                files.append(Result(item, error=f"{item}: cannot read the folder: "
+                                    f"{exc.strerror or exc}"))
+                continue
             if not chosen and warn is not None:
                 where = "in it or its sub-folders" if recursive else \
                     "in it (--recursive looks into sub-folders)"
