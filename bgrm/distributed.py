@@ -19,6 +19,7 @@ one topic; results come back as task results, in job order.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import threading
@@ -140,16 +141,15 @@ def _plugin(worker) -> ModelCache:
 
 
 def process(job, index: int, run: str, client_version: str):
-    """The task: one file on a worker. Returns ``(attempt, progress_done, Result)``."""
+    """The task: one file on a worker. Returns ``(progress_done, Result)``."""
     from distributed import get_worker
 
     from bgrm.batch import run_job
     from bgrm.outputs import tmp_name
 
     worker = get_worker()
-    attempt = uuid.uuid4().hex
     if client_version != __version__:
-        return attempt, 0, Result(job.name, error=(
+        return 0, Result(job.name, error=(
             f"{job.name}: worker {worker.address} runs bgrm {__version__} and this "
             f"client bgrm {client_version}; install the same version everywhere"))
     sent = [0, 0, time.monotonic()]  # done, reported, when
@@ -170,12 +170,11 @@ def process(job, index: int, run: str, client_version: str):
     try:
         runtime = _plugin(worker).runtime(job.runtime)
     except BgrmError as exc:
-        return attempt, 0, Result(job.name, error=f"{job.name}: on worker {worker.address}: "
-                                                  f"{exc}")
+        return 0, Result(job.name, error=f"{job.name}: on worker {worker.address}: {exc}")
     result = run_job(replace(job, runtime=runtime), progress)
     if sent[0] != sent[1]:
         report()
-    return attempt, sent[0], result
+    return sent[0], result
 
 
 # -- on the client -----------------------------------------------------------------------
@@ -236,6 +235,12 @@ def run_on_cluster(address: str, jobs: list, on_progress: Callable[[int, int], N
     require_dask()
     if not jobs:
         return []
+    if not jobs[0].runtime.traceback:
+        # Dask logs its reconnection attempts with tracebacks; each file's
+        # failure already says what happened, in one line.
+        for name in ["distributed", *logging.root.manager.loggerDict]:
+            if name.split(".")[0] == "distributed":
+                logging.getLogger(name).setLevel(logging.CRITICAL)
     client = _connect(address)
     try:
         return _run(client, address, jobs, on_progress, on_result)
@@ -267,12 +272,14 @@ def _run(client, address, jobs, on_progress, on_result) -> list[Result]:
     todo = iter(range(len(jobs)))
     kind = jobs[0].kind
 
-    window = [0, 0.0]  # tasks to keep submitted ahead, when last sized
+    window = [MIN_IN_FLIGHT, 0.0]  # tasks to keep submitted ahead, when last sized
 
     def submit() -> None:
         if time.monotonic() - window[1] > 5:  # workers come and go
-            threads = sum(client.nthreads().values())
-            window[:] = [max(MIN_IN_FLIGHT, 4 * threads), time.monotonic()]
+            with contextlib.suppress(Exception):  # the scheduler away: keep the last size
+                threads = sum(client.nthreads().values())
+                window[0] = max(MIN_IN_FLIGHT, 4 * threads)
+            window[1] = time.monotonic()
         count = window[0] - len(futures)
         if count <= 0:
             return
@@ -309,23 +316,27 @@ def _run(client, address, jobs, on_progress, on_result) -> list[Result]:
                     if "tmp" in payload:
                         tmps[payload["i"]].add(payload["tmp"])
                     advance(payload["i"], payload["n"])
-                elif futures[payload].status == "finished":
+                elif payload in futures:
                     finished.append(payload)
-                else:
-                    future = futures.pop(payload)
-                    try:
-                        exc = future.exception()
-                    except BaseException as lost:  # noqa: BLE001 - cancelled futures raise
-                        exc = lost
-                    finish(payload, _failure(jobs[payload], exc))
-                    remaining -= 1
             if finished:
-                # One round trip for every result that is ready.
-                for index, (_, done, result) in zip(
-                        finished, client.gather([futures.pop(i) for i in finished]), strict=True):
-                    advance(index, done)
-                    finish(index, result)
                 remaining -= len(finished)
+                done = {i: futures.pop(i) for i in finished}
+                ready = [i for i in finished if done[i].status == "finished"]
+                try:
+                    # One round trip for every result that is ready.
+                    values = dict(zip(ready, client.gather([done[i] for i in ready]),
+                                      strict=True)) if ready else {}
+                except Exception:  # noqa: BLE001 - lost meanwhile: asked one by one below
+                    values = {}
+                for index, future in done.items():
+                    try:
+                        count, result = values[index] if index in values else future.result()
+                        advance(index, count)
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - cancelled futures raise too
+                        result = _failure(jobs[index], exc)
+                    finish(index, result)
             submit()
     except BaseException:
         # Ctrl-C or a lost client: files not started are dropped; those running
