@@ -774,6 +774,36 @@ def test_ctrl_c_during_video_leaves_no_ffmpeg(tmp_path, env):
     assert _names(out) == []
 
 
+def test_killed_video_worker_leaves_no_ffmpeg_and_no_temporary(tmp_path, env):
+    pytest.importorskip("bgrm.video.pipeline")
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
+                        f"testsrc=size=96x64:rate=10:decimals={i}", "-f", "lavfi", "-i",
+                        "sine", "-t", "2", "-pix_fmt", "yuv420p", "-shortest",
+                        str(tmp_path / "in" / f"clip{i}.mp4")], check=True)
+    out = tmp_path / "out"
+    proc = start(env, "video", tmp_path / "in", "-o", out, "--jobs", "2", "--frame-limit", "4",
+                 "--json")
+    try:
+        _wait_for(proc, lambda: len(workers_of(proc.pid)) == 2
+                  and any(TMP_MARK in n for n in _names(out)), "a worker writing")
+        os.kill(workers_of(proc.pid)[0], signal.SIGKILL)
+        stdout, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, err.decode()
+    assert "Traceback" not in err.decode()
+    report = json.loads(stdout)
+    assert len(report["failed"]) == 1 and "died" in report["failed"][0]["error"], report
+    assert len(report["files"]) == 1
+    assert_no_orphans(proc.pid)  # the dead worker's ffmpeg processes too
+    time.sleep(0.5)  # an orphaned encoder would still be finishing its file
+    assert sorted(_names(out)) == sorted(Path(f["url"]).name for f in report["files"])
+
+
 def test_offline_video_job(tmp_path, offline_env):
     pytest.importorskip("bgrm.video.pipeline")
     env, log = offline_env
