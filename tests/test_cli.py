@@ -185,16 +185,19 @@ def test_params_file_with_api_strings_and_flags_that_win(bgrm, fixtures, tmp_pat
 
 def test_json_report_has_the_api_shape_exactly(bgrm, fixtures, tmp_path):
     missing = tmp_path / "gone.jpg"
-    proc = bgrm("image", fixtures / "chelsea.png", missing, "-o", tmp_path / "out", "--json")
+    proc = bgrm("image", fixtures / "chelsea.png", missing, "", "-o", tmp_path / "out",
+                "--json")
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert list(report) == ["files", "failed", "errors", "finished", "queue_count"]
     out = tmp_path / "out" / "chelsea_processed.png"
     assert report["files"] == [{"url": str(out), "filename": "chelsea_processed.png"}]
-    [failed] = report["failed"]
+    # An empty argument (an unset shell variable) is not "the current folder".
+    failed, empty = report["failed"]
+    assert empty == {"filename": "", "error": "'': an empty input name"}
     assert set(failed) == {"filename", "error"} and failed["filename"] == "gone.jpg"
     assert str(missing) in failed["error"]
-    assert report["errors"] == [failed["error"]]
+    assert report["errors"] == [failed["error"], empty["error"]]
     assert report["finished"] is True and report["queue_count"] == 0
     assert out.is_file()
 
