@@ -109,9 +109,11 @@ def test_frame_limit_cuts_picture_and_audio(bgrm, clips, out):
     p = probe(out / "talk_processed.mp4")
     assert p.count == 5
     assert p.audio_seconds == pytest.approx(5 / 12, abs=0.03)
-    # More than there is: every frame, no error.
-    _ok(bgrm("video", clips["bg"], "--video-format", "mattekey", "--frame-limit", "500",
-             "-o", out))
+    # More than there is: every frame, no error. API-style params work here too.
+    params = out.parent / "params.json"
+    params.write_text(json.dumps({"convert_to": "video-backgroundremover",
+                                  "video_format": "mattekey", "frame_limit": "500"}))
+    _ok(bgrm("video", clips["bg"], "--params", params, "-o", out))
     assert probe(out / "waves_processed.mp4").count == 5
 
 

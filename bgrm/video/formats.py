@@ -12,7 +12,8 @@ from dataclasses import dataclass
 _BT709 = ("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709")
 _H264 = ("-c:v", "libx264", "-preset", "medium", "-crf", "18", "-pix_fmt", "yuv420p",
          *_BT709, "-movflags", "+faststart")
-_YUV709 = "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd+full_chroma_int"
+_YUV709 = ("scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd+full_chroma_int,"
+           "setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709")
 # One palette per frame (stats_mode=single, new=1): a global palette would make
 # ffmpeg hold every frame until the end, and memory must not grow with length.
 # Bayer dithering is deterministic, so a still background does not shimmer.

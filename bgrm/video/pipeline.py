@@ -136,6 +136,7 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
     compose_frame = _composer(opts, fmt, background)
     mask_filter = MaskFilter(opts.temporal_smoothing)
     writer: VideoWriter | None = None
+    shape: list[tuple[int, int]] = []
 
     def prepare(frame: Frame) -> _Work:
         return _Work(frame, tensor=segmenter.prepare(Image.fromarray(frame.rgb)))
@@ -158,12 +159,18 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
         pixels, pts = item
         if writer is None:
             h, w = pixels.shape[:2]
+            shape.append((h, w))
             writer = VideoWriter(picture, fmt, (w, h), out_rate or reader.info.rate, name,
                                  target=dst)
             if writer.padded:
                 notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
                              f"encode; the last column/row is repeated: {writer.size[0]}x"
                              f"{writer.size[1]}")
+        elif pixels.shape[:2] != shape[0]:
+            # An encoder stream has one size; ffmpeg passes a mid-stream change through.
+            raise InputError(f"{name}: the picture size changes mid-stream "
+                             f"({shape[0][1]}x{shape[0][0]} -> {pixels.shape[1]}x"
+                             f"{pixels.shape[0]}); bgrm needs one size per video")
         writer.write(pixels, pts)
         if progress:
             progress(1)
