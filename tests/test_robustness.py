@@ -405,14 +405,16 @@ def _batch(folder: Path, count: int) -> list[Path]:
             for i in range(count)]
 
 
-def _wait_for(proc, condition, what: str, timeout: float = 60.0) -> None:
+def _wait_for(proc, condition, what: str, timeout: float = 60.0):
+    """Poll ``condition`` until it gives something true, and return that."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if proc.poll() is not None:
             pytest.fail(f"the run ended before {what}: {proc.stderr.read().decode()}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.002)
+    return value
 
 
 def _names(folder: Path) -> list[str]:
@@ -508,14 +510,24 @@ def test_sigterm_unwinds_like_ctrl_c(tmp_path, env, jobs):
     finished_outputs(out)
 
 
+def _writing_worker(pid: int, out: Path) -> int | None:
+    """A pool worker of run ``pid`` that is writing an output (its temporary
+    file carries its pid): certainly in the middle of a file."""
+    workers = workers_of(pid)
+    for name in _names(out):
+        if TMP_MARK in name:
+            writer = int(name.split(TMP_MARK)[1].split(".")[0])
+            if writer in workers:
+                return writer
+    return None
+
+
 def test_killed_worker_fails_only_its_file(tmp_path, env):
     inputs = _batch(tmp_path / "in", 4)
     out = tmp_path / "out"
     proc = start(env, "image", tmp_path / "in", "-o", out, "--jobs", "2", "--json")
     try:
-        _wait_for(proc, lambda: len(workers_of(proc.pid)) == 2
-                  and any(TMP_MARK in n for n in _names(out)), "a worker writing")
-        victim = workers_of(proc.pid)[0]
+        victim = _wait_for(proc, lambda: _writing_worker(proc.pid, out), "a worker writing")
         os.kill(victim, signal.SIGKILL)  # as the OOM killer does
         stdout, err = proc.communicate(timeout=120)
     finally:
@@ -786,9 +798,8 @@ def test_killed_video_worker_leaves_no_ffmpeg_and_no_temporary(tmp_path, env):
     proc = start(env, "video", tmp_path / "in", "-o", out, "--jobs", "2", "--frame-limit", "4",
                  "--json")
     try:
-        _wait_for(proc, lambda: len(workers_of(proc.pid)) == 2
-                  and any(TMP_MARK in n for n in _names(out)), "a worker writing")
-        os.kill(workers_of(proc.pid)[0], signal.SIGKILL)
+        victim = _wait_for(proc, lambda: _writing_worker(proc.pid, out), "a worker writing")
+        os.kill(victim, signal.SIGKILL)
         stdout, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
