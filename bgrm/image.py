@@ -89,7 +89,7 @@ def decode(data: bytes | Path, name: str) -> Decoded:
         raise InputError(f"{name}: permission denied") from None
     except UnidentifiedImageError as exc:
         raise InputError(f"{name}: not an image bgrm can read "
-                         "(unknown or unsupported format)") from exc
+                         f"({_what_it_is(data)})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{name}: corrupt or truncated image ({reason})") from exc
@@ -100,6 +100,30 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     except (OSError, ValueError) as exc:
         raise InputError(f"{name}: cannot convert its {im.mode} pixels to RGB ({exc})") from exc
     return Decoded(rgb, alpha, notes)
+
+
+def _what_it_is(data: bytes | Path) -> str:
+    """A guess, from the first bytes, at what a file Pillow cannot open really is."""
+    try:
+        head = data[:64] if isinstance(data, bytes) else data.open("rb").read(64)
+    except OSError:
+        return "unknown or unsupported format"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+        return "HEIC/HEIF: this Pillow has no decoder for it; convert it to JPEG or PNG"
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV-style media file, likely a video: use `bgrm video`"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or text.startswith(b"<?xml") and b"<svg" in text:
+        return "an SVG drawing, not a raster image"
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page: a failed download?"
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8"):
+        return "a PNG or JPEG with a damaged header"
+    if head and all(32 <= c < 127 or c in b"\t\r\n" for c in head):
+        return "a text file"
+    return "unknown or unsupported format"
 
 
 def _special(path: Path) -> bool:

@@ -229,8 +229,8 @@ def test_stdin_with_matting_keeps_stdout_a_clean_png(bgrm, fixtures):
 def test_broken_stdin_is_one_line_and_exit_1(bgrm):
     proc = bgrm("image", "-", input=b"GIF89a not really")
     assert proc.returncode == 1
-    assert lines(proc) == ["bgrm: <stdin>: not an image bgrm can read (unknown or unsupported "
-                           "format)"] or lines(proc)[0].startswith("bgrm: <stdin>: ")
+    [line] = lines(proc)
+    assert line.startswith("bgrm: <stdin>: not an image bgrm can read (")
     assert proc.stdout == b""
 
 

@@ -201,11 +201,19 @@ def test_animated_webp_says_so_but_camera_mpo_and_single_frames_do_not():
 
 @pytest.mark.parametrize("data, words", [
     (b"", "empty file"),
-    (b"this is not a picture\n", "not an image"),
+    (b"this is not a picture\n", "not an image bgrm can read (a text file)"),
     (png_bytes(photo("chelsea.png"))[:20000], "truncated"),
     (png_bytes(photo("chelsea.png"), "JPEG")[:3000], "truncated"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "not an image"),
-])
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "not an image bgrm can read (a PNG or JPEG with a "
+                                      "damaged header)"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "(a PDF document)"),
+    (b"<!DOCTYPE html>\n<html><body>Not found</body></html>", "(an HTML page"),
+    (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "(an SVG drawing"),
+    (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 40, "HEIC/HEIF"),
+    (b"\0\0\0\x18ftypisom\0\0\0\0isomiso2" + b"\0" * 40, "bgrm video"),
+    (bytes(range(256)) * 4, "unknown or unsupported format"),
+], ids=["empty", "text", "png-cut", "jpeg-cut", "png-header", "pdf", "html", "svg", "heic",
+        "mp4", "binary"])
 def test_broken_files_are_one_clear_input_error(data, words):
     with pytest.raises(InputError) as info:
         image.decode(data, "shots/bad.jpg")
