@@ -815,6 +815,26 @@ def test_killed_video_worker_leaves_no_ffmpeg_and_no_temporary(tmp_path, env):
     assert sorted(_names(out)) == sorted(Path(f["url"]).name for f in report["files"])
 
 
+@needs_mount_namespace
+def test_full_disk_during_video(tmp_path, env):
+    pytest.importorskip("bgrm.video.pipeline")
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10",
+                    "-t", "1", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    script = ('mount -t tmpfs -o size=16k tmpfs "$0" || exit 99; "$@" > "$0.json"; rc=$?; '
+              'ls -A "$0" > "$0.list"; exit $rc')
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, out,
+                           *bgrm_argv("video", clip, "-o", out, "--frame-limit", "5", "--json")],
+                          env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 1
+    no_traceback(proc)
+    [failed] = json.loads(Path(f"{out}.json").read_text())["failed"]
+    assert failed["error"].startswith(f"{clip}: ") and "No space left" in failed["error"]
+    assert Path(f"{out}.list").read_text().split() == []
+
+
 def test_offline_video_job(tmp_path, offline_env):
     pytest.importorskip("bgrm.video.pipeline")
     env, log = offline_env
