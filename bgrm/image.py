@@ -31,6 +31,9 @@ class Decoded:
     rgb: np.ndarray  # HxWx3 uint8, upright
     alpha: np.ndarray | None  # the input's own transparency, if it had any
     notes: list[str] = field(default_factory=list)
+    # The input's RGB colour profile (Display P3 phone photos, Adobe RGB), kept
+    # so the output shows the same colours; None for sRGB-by-default inputs.
+    icc_profile: bytes | None = None
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -76,6 +79,9 @@ def decode(data: bytes | Path, name: str) -> Decoded:
                 if note:
                     notes.append(note)
                 opened.load()
+                # Only an RGB profile fits the RGB output: a CMYK or grey one would not.
+                icc = opened.info.get("icc_profile") if opened.mode in (
+                    "RGB", "RGBA", "RGBX", "RGBa", "P", "PA") else None
                 im = ImageOps.exif_transpose(opened)
                 if im is opened:
                     im = opened.copy()
@@ -99,7 +105,7 @@ def decode(data: bytes | Path, name: str) -> Decoded:
         rgb, alpha = _to_rgb(im)
     except (OSError, ValueError) as exc:
         raise InputError(f"{name}: cannot convert its {im.mode} pixels to RGB ({exc})") from exc
-    return Decoded(rgb, alpha, notes)
+    return Decoded(rgb, alpha, notes, icc or None)
 
 
 def _what_it_is(data: bytes | Path) -> str:
@@ -184,15 +190,20 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     if opts.only_mask:
         return Image.fromarray(alpha)
     if opts.bg_type == "color":
-        return Image.fromarray(compose.over(fg, alpha, opts.bg_color))
-    if opts.bg_type == "image":
+        picture = Image.fromarray(compose.over(fg, alpha, opts.bg_color))
+    elif opts.bg_type == "image":
         back = compose.cover(load_background(opts.bg_image), (rgb.shape[1], rgb.shape[0]))
-        return Image.fromarray(compose.over(fg, alpha, back))
-    return Image.fromarray(compose.cutout(fg, alpha))
+        picture = Image.fromarray(compose.over(fg, alpha, back))
+    else:
+        picture = Image.fromarray(compose.cutout(fg, alpha))
+    if decoded.icc_profile:
+        picture.info["icc_profile"] = decoded.icc_profile  # encode_png writes it
+    return picture
 
 
 def encode_png(picture: Image.Image, out) -> None:
-    picture.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    picture.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
+                 icc_profile=picture.info.get("icc_profile"))
 
 
 def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None) -> list[str]:

@@ -228,6 +228,22 @@ def test_a_decompression_bomb_is_refused_before_decoding(monkeypatch):
         image.decode(FIXTURES / "astronaut.png", "astronaut.png")
 
 
+def test_an_rgb_colour_profile_is_kept_but_not_a_cmyk_one(segmenter, tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = png_bytes(photo("chelsea.png"), "JPEG", quality=95, icc_profile=icc)
+    dst = tmp_path / "p3_processed.png"
+    src = tmp_path / "p3.jpg"
+    src.write_bytes(rgb)
+    image.process_file(src, dst, ImageOptions(), segmenter)
+    assert Image.open(dst).info.get("icc_profile") == icc
+    mask = render(rgb, ImageOptions(only_mask=True), segmenter)
+    assert "icc_profile" not in mask.info  # a mask has no colours to manage
+    cmyk = png_bytes(photo("chelsea.png", "CMYK"), "JPEG", icc_profile=icc)
+    assert image.decode(cmyk, "cmyk.jpg").icc_profile is None
+
+
 # ---------------------------------------------------------------- the parameters
 
 
