@@ -60,13 +60,13 @@ class _BackgroundVideo:
         self.close()
         self._reader = VideoReader(self.path, f"background {self.path}", cover=self.size,
                                    fps=self.rate)
-        # A background that decodes to nothing raises here, naming itself.
         self._frames = iter(self._reader)
 
     def next(self) -> np.ndarray:
         frame = next(self._frames, None)
         if frame is None:  # first call, or a background shorter than the video: loop
             self._open()
+            # A background that decodes to nothing raises InputError here, naming itself.
             frame = next(self._frames)
         return frame.rgb
 
@@ -130,11 +130,12 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
     notes: list[str] = []
     if src.stat().st_size == 0:
         raise InputError(f"{name}: empty file (0 bytes)")
-    reader = VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
     out_rate = Fraction(opts.framerate) if opts.framerate else None
+    # Before the decoder starts: a bad --bg-image fails here with nothing to clean up.
     background, release_background = _background(opts, fmt, lambda: out_rate or reader.info.rate)
     compose_frame = _composer(opts, fmt, background)
     mask_filter = MaskFilter(opts.temporal_smoothing)
+    reader = VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
     writer: VideoWriter | None = None
     shape: list[tuple[int, int]] = []
 
