@@ -80,7 +80,8 @@ class ModelCache(WorkerPlugin):
         state = getattr(worker, "state", None)
         self.nthreads = getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)
         self._lock = threading.Lock()
-        self._stamps: dict[str, tuple] = {}  # model path -> (size, mtime, inode) loaded
+        self._stamps: dict[str, tuple | None] = {}  # model path -> its file when loaded
+        self._resolved: dict[str, tuple] = {}  # registry name -> (ResolvedModel, stamp)
 
     def teardown(self, worker) -> None:
         from bgrm import segment
@@ -88,15 +89,12 @@ class ModelCache(WorkerPlugin):
         for path in list(self._stamps):
             _forget(segment, path)
         self._stamps.clear()
+        self._resolved.clear()
 
     def runtime(self, runtime):
         """``runtime`` as this worker runs it: its model file, its thread count."""
-        from bgrm.models import resolve
         from bgrm.segment import get_segmenter
 
-        model = runtime.model
-        if not model.custom:
-            model = resolve(model.spec.name)
         if runtime.threads:
             threads = runtime.threads
         else:
@@ -104,26 +102,46 @@ class ModelCache(WorkerPlugin):
 
             # Task threads share the cores: each session gets its share.
             threads = max(1, CPU_COUNT // max(1, self.nthreads))
-        runtime = replace(runtime, model=model, threads=threads)
         with self._lock:
-            self._refresh(model.path)
+            model = runtime.model
+            if not model.custom:
+                model = self._resolve(model.spec.name)
+            runtime = replace(runtime, model=model, threads=threads)
+            stamp = _stamp(model.path)
+            if self._stamps.get(str(model.path), stamp) != stamp:
+                from bgrm import segment
+
+                _forget(segment, str(model.path))  # replaced on disk since it was loaded
+            self._stamps[str(model.path)] = stamp
             with contextlib.suppress(Exception):
                 # Errors are left to run_job, which reports them as a local run does.
                 get_segmenter(model, runtime.device, threads)
         return runtime
 
-    def _refresh(self, path: Path) -> None:
-        from bgrm import segment
+    def _resolve(self, name: str):
+        """``models.resolve(name)`` on this worker, its md5 check done once per file."""
+        from bgrm.models import REGISTRY, installed_path, resolve
 
-        try:
-            st = os.stat(path)
-        except OSError:
-            return
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-        key = str(path)
-        if self._stamps.get(key, stamp) != stamp:
-            _forget(segment, key)  # the file was replaced since it was loaded
-        self._stamps[key] = stamp
+        installed = installed_path(REGISTRY[name])
+        hit = self._resolved.get(name)
+        if hit is not None:
+            model, stamp = hit
+            # Still the file resolve would pick (an install wins over the
+            # bundled copy), and unchanged since it was checked.
+            if (model.path == installed or not installed.is_file()) and \
+                    stamp is not None and _stamp(model.path) == stamp:
+                return model
+        model = resolve(name)
+        self._resolved[name] = (model, _stamp(model.path))
+        return model
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _forget(segment, path: str) -> None:

@@ -130,11 +130,25 @@ def test_custom_model_path_is_used_as_given(bgrm, fixtures, tmp_path, cluster):
     assert local.returncode == remote.returncode == 0, remote.stderr.decode()
     assert _outputs(tmp_path / "remote") == _outputs(tmp_path / "local")
 
-    def paths(dask_worker):
+    def session(dask_worker):
+        """The session a task on this worker would use for the custom model."""
         from bgrm import segment
+        from bgrm.batch import Runtime
+        from bgrm.models import resolve
 
-        return [k[0] for k in segment._CACHE]
-    assert any(str(custom) in p for p in client.run(paths).values())
+        runtime = dask_worker.plugins[PLUGIN_NAME].runtime(Runtime(resolve(str(custom))))
+        found = segment.get_segmenter(runtime.model, runtime.device, runtime.threads)
+        kept = dask_worker.__dict__.setdefault("_test_sessions", [])
+        kept.append(found)  # alive, so that no later session can reuse its id
+        return id(found)
+
+    first = client.run(session)
+    assert client.run(session) == first  # kept across tasks and runs
+    # A model file replaced on disk is loaded again.
+    shutil.copy(ASSETS / "u2netp.onnx", custom.with_suffix(".new"))
+    os.replace(custom.with_suffix(".new"), custom)
+    replaced = client.run(session)
+    assert all(replaced[w] != first[w] for w in first)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bgrm.video.pipeline") is None,
