@@ -176,7 +176,8 @@ def test_without_dask_says_what_to_install(bgrm, fixtures, tmp_path):
         "        if name.split('.')[0] in ('dask', 'distributed'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, _NoDask())\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(blocker),
+                                                        os.environ.get("PYTHONPATH")]))}
     proc = bgrm("image", fixtures / "rocket.jpg", "-o", tmp_path, "--model", "u2netp",
                 "--scheduler", "tcp://127.0.0.1:8786", env=env)
     assert proc.returncode == 2, proc.stderr.decode()
