@@ -46,6 +46,18 @@ def bomb_png(path: Path, side: int = 30000) -> Path:
     return path
 
 
+def text_bomb_png(path: Path, megabytes: int = 64) -> Path:
+    """An 8x8 PNG with a zTXt comment that inflates to ``megabytes`` MB."""
+    z = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    text = b"".join(z.compress(block) for _ in range(megabytes)) + z.flush()
+    png = png_bytes(8, 8, 8, 0, (bytes(8) for _ in range(8)))
+    ihdr_end = 8 + 25
+    path.write_bytes(png[:ihdr_end] + _chunk(b"zTXt", b"Comment\x00\x00" + text)
+                     + png[ihdr_end:])
+    return path
+
+
 def bomb_jpeg(path: Path, side: int = 60000) -> Path:
     """A tiny JPEG whose frame header claims side x side pixels."""
     buf = io.BytesIO()
@@ -145,6 +157,7 @@ BROKEN: dict[str, str] = {
     "random.png": "not an image",
     "bomb.png": "30000x30000 is 900 megapixels, more than the 150 MP",
     "bomb.jpg": "60000x60000 is 3600 megapixels",
+    "text_bomb.png": "too large",
 }
 
 
@@ -189,6 +202,7 @@ def broken_corpus(folder: Path) -> dict[str, str]:
     (folder / "random.png").write_bytes(np.random.default_rng(1).bytes(4096))
     bomb_png(folder / "bomb.png")
     bomb_jpeg(folder / "bomb.jpg")
+    text_bomb_png(folder / "text_bomb.png")
     return BROKEN
 
 
