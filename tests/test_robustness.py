@@ -774,14 +774,18 @@ def test_broken_video_gets_one_line_reason(bad_videos, tmp_path, env, name):
     assert_no_orphans(proc.pid)
 
 
-def test_ctrl_c_during_video_leaves_no_ffmpeg(tmp_path, env):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_during_video_leaves_no_ffmpeg(tmp_path, env, jobs):
     pytest.importorskip("bgrm.video.pipeline")
-    clip = tmp_path / "clip.mp4"
-    subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
-                    "testsrc=size=160x120:rate=10", "-f", "lavfi", "-i", "sine=frequency=440",
-                    "-t", "3", "-pix_fmt", "yuv420p", "-shortest", str(clip)], check=True)
+    (tmp_path / "in").mkdir()
+    for i in range(jobs):
+        subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
+                        "testsrc=size=160x120:rate=10", "-f", "lavfi", "-i",
+                        "sine=frequency=440", "-t", "3", "-pix_fmt", "yuv420p", "-shortest",
+                        str(tmp_path / "in" / f"clip{i}.mp4")], check=True)
     out = tmp_path / "out"
-    status, err = _interrupt(env, out, "writing", ctrl_c, "video", clip)
+    status, err = _interrupt(env, out, "writing", ctrl_c, "video", tmp_path / "in",
+                             "--jobs", jobs)
     assert status == 130, err
     assert _names(out) == []
 
