@@ -128,16 +128,13 @@ def alpha_of(path: Path) -> np.ndarray:
         return np.asarray(im.getchannel("A"), dtype=np.int16)
 
 
-def can_unshare() -> bool:
-    if not shutil.which("unshare") or not shutil.which("mount"):
-        return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
+def _works(*argv: str) -> bool:
+    return bool(shutil.which(argv[0])) and subprocess.run(argv, capture_output=True).returncode == 0
 
 
 needs_mount_namespace = pytest.mark.skipif(
-    not can_unshare(), reason="needs unshare -m and mount (a private tmpfs)")
+    not _works("unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"),
+    reason="needs unshare -m and mount (a private tmpfs)")
 
 
 # ------------------------------------------------- the corpus, in one run
@@ -630,6 +627,18 @@ def test_offline_image_jobs(tmp_path, offline_env, fixtures):
     assert not log.exists(), log.read_text()
     # The guard was loaded in the main processes and in the pool's workers.
     assert len(set(Path(f"{log}.loaded").read_text().split())) >= 5
+
+
+@pytest.mark.skipif(not _works("unshare", "-n", "true"),
+                    reason="needs unshare -n (a network namespace)")
+def test_no_network_at_all(tmp_path, env, fixtures):
+    """In a namespace with no network (not even loopback up), below Python too."""
+    proc = subprocess.run(["unshare", "-n", *bgrm_argv("image", fixtures / "chelsea.png",
+                                                       fixtures / "coffee.png",
+                                                       fixtures / "rocket.jpg", "-o", tmp_path)],
+                          env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, no_traceback(proc)
+    assert len(finished_outputs(tmp_path)) == 3
 
 
 # ------------------------------------------------------------------- fuzz
