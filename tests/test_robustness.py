@@ -394,6 +394,31 @@ def test_full_disk_simulated(tmp_path, models_home, fixtures, monkeypatch):
     finished_outputs(out)
 
 
+def test_out_of_memory_in_one_file(tmp_path, models_home, fixtures, monkeypatch):
+    """MemoryError (a big image on a small machine) fails that file only."""
+    from click.testing import CliRunner
+
+    import bgrm.image
+    from bgrm.cli import cli
+
+    real_render = bgrm.image.render
+
+    def render(decoded, opts, segmenter):
+        if decoded.rgb.shape[:2] == (300, 451):  # chelsea
+            np.empty(1 << 62, np.uint8)  # raises MemoryError
+        return real_render(decoded, opts, segmenter)
+
+    monkeypatch.setattr(bgrm.image, "render", render)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["image", str(fixtures / "chelsea.png"),
+                                      str(fixtures / "coffee.png"), "-o", str(out),
+                                      "--jobs", "1", "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert [f["error"] for f in report["failed"]] == [f"{fixtures / 'chelsea.png'}: out of memory"]
+    assert sorted(p.name for p in out.iterdir()) == ["coffee_processed.png"]
+
+
 # ----------------------------------------------------------------- Ctrl-C
 
 def _batch(folder: Path, count: int) -> list[Path]:
