@@ -16,7 +16,7 @@ import click
 from bgrm import __version__
 from bgrm.errors import BgrmError, ExitStatus, ParameterError
 from bgrm.models_cli import models
-from bgrm.options import PARAMS, from_params, params_for, parse_color
+from bgrm.options import PARAM_BY_NAME, PARAMS, from_params, params_for, parse_color
 
 
 class ColorType(click.ParamType):
@@ -108,7 +108,25 @@ def _options(job: str, ctx: click.Context, kwargs: dict, params_file: str | None
                                                  click.core.ParameterSource.ENVIRONMENT)
         and kwargs[p.name] is not None
     }
-    return from_params(job, params, typed)
+    opts = from_params(job, params, typed)
+    for warning in _without_effect(job, typed, opts):
+        click.echo(f"bgrm: {warning}", err=True)
+    return opts
+
+
+_MATTING_FLAGS = ("alpha_fg", "alpha_bg", "alpha_erode", "alpha_base_size")
+
+
+def _without_effect(job: str, typed: dict, opts) -> list[str]:
+    """Flags the user typed that these options will ignore: say so, rather than
+    leave them wondering why `--bg-color-value red` gave a transparent PNG."""
+    said = []
+    unused = [PARAM_BY_NAME[n].flag for n in _MATTING_FLAGS if n in typed]
+    if unused and not opts.matting.enabled:
+        said.append(f"{', '.join(unused)}: no effect without --alpha-matting")
+    if job == "image" and "bg_color_value" in typed and opts.bg_type != "color":
+        said.append("--bg-color-value: no effect without --bg-type color")
+    return said
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"],

@@ -391,3 +391,12 @@ def test_ctrl_c_is_130_and_leaves_no_temporary_files(models_home, fixtures, tmp_
     assert stderr.decode().rstrip().endswith("bgrm: interrupted")
     assert leftovers(folder) == []
     assert len(list(folder.glob("*_processed.png"))) < 10
+
+
+def test_flags_without_effect_are_pointed_out(bgrm, tmp_path):
+    proc = bgrm("image", tmp_path / "gone.jpg", "--alpha-fg", "200", "--alpha-erode", "3",
+                "--bg-color-value", "#000000")
+    assert proc.returncode == 1
+    said = lines(proc)
+    assert "bgrm: --alpha-fg, --alpha-erode: no effect without --alpha-matting" in said
+    assert "bgrm: --bg-color-value: no effect without --bg-type color" in said
