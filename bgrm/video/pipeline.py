@@ -122,6 +122,20 @@ def _composer(opts: VideoOptions, fmt: Format, background) -> Callable:
     return compose_frame
 
 
+def _shortfall(name: str, reader: VideoReader, end: float, limit: int | None) -> list[str]:
+    """A note when far less picture came out than the container announces.
+
+    Streams without an index (MPEG-TS, AVI cut before its index) decode a
+    truncated file without any error, so this is the only sign. It stays a
+    note: a file whose audio outlasts its picture looks the same.
+    """
+    duration = reader.info.duration
+    if not duration or (limit is not None and reader.count >= limit) or end >= 0.9 * duration:
+        return []
+    return [f"{name}: decoded {end:.2f} s of picture, but the file announces {duration:.2f} s; "
+            "it may be truncated"]
+
+
 def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
                  progress: Callable[[int], None] | None = None) -> list[str]:
     """Write ``src`` with its background removed to ``dst`` (atomically); return notes."""
@@ -186,6 +200,7 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
                 if writer is None:
                     raise InputError(f"{name}: no video frames could be decoded")
                 writer.finish()
+                notes += _shortfall(name, reader, writer.end, opts.frame_limit)
                 if with_audio:
                     if reader.info.has_audio:
                         add_audio(picture, src, tmp, fmt, writer.end, name, dst)
