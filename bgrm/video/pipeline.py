@@ -176,7 +176,7 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
             h, w = pixels.shape[:2]
             shape.append((h, w))
             writer = VideoWriter(picture, fmt, (w, h), out_rate or reader.info.rate, name,
-                                 target=dst)
+                                 target=dst, sar=reader.info.sar)
             if writer.padded:
                 notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
                              f"encode; the last column/row is repeated: {writer.size[0]}x"

@@ -25,7 +25,8 @@ import numpy as np
 
 from bgrm.errors import InputError
 
-_FRAME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
+_FRAME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+).*?\bsar:(\d+)/(\d+)"
+                    r"\s+s:(\d+)x(\d+)")
 _RATE = re.compile(r"config in time_base: \S+, frame_rate: (\d+)/(\d+)")
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 # With -loglevel level+info each line reads "[source @ 0x..] [level] text".
@@ -71,6 +72,7 @@ class Info:
     rate: Fraction | None = None  # nominal frame rate, None when ffmpeg has none
     has_audio: bool = False
     has_video: bool = False
+    sar: Fraction = Fraction(1)  # pixel shape: DV and broadcast video are not square
     errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
     damaged: bool = False  # the demuxer hit the end of the data early, or corrupt data
 
@@ -156,8 +158,10 @@ class VideoReader:
             record = self._records.get()
             if record is _END:
                 break
-            _n, pts_raw, pts_time, w, h = record
+            _n, _pts, pts_time, sar_w, sar_h, w, h = record
             w, h = int(w), int(h)
+            if self.count == 0 and int(sar_w) and int(sar_h):
+                self.info.sar = Fraction(int(sar_w), int(sar_h))
             data = self._read_exactly(w * h * 3)
             if len(data) < w * h * 3:
                 break  # ffmpeg died mid-frame; its status says why, below
@@ -178,7 +182,8 @@ class VideoReader:
 
     def _explain(self, status: int) -> str:
         errors = self.info.errors
-        if any("matches no streams" in line for line in errors):
+        if self.count == 0 and not self.info.has_video and (
+                self.info.has_audio or any("matches no streams" in line for line in errors)):
             what = "audio only" if self.info.has_audio else "no video stream"
             return f"not a video ({what})"
         if self.count == 0 and status != 0:

@@ -80,7 +80,7 @@ class VideoWriter:
     """
 
     def __init__(self, path: Path, fmt: Format, size: tuple[int, int], rate: Fraction | None,
-                 name: str, target: Path | None = None):
+                 name: str, target: Path | None = None, sar: Fraction = Fraction(1)):
         self.fmt, self.name, self.path = fmt, name, path
         self.target = target or path  # the name to show: path may be a temporary
         w, h = size
@@ -93,7 +93,8 @@ class VideoWriter:
         self._last_step = 1 / float(rate) if rate else None
         self.end = 0.0  # seconds: where the last frame stops showing
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error",
-               "-y", "-f", "matroska", "-i", "pipe:0", "-map", "0:v:0", "-vf", fmt.filter,
+               "-y", "-f", "matroska", "-i", "pipe:0", "-map", "0:v:0",
+               "-vf", f"{fmt.filter},setsar={sar.numerator}/{sar.denominator}",
                "-fps_mode", "passthrough", *fmt.video_args, "-map_metadata", "-1",
                "-f", fmt.muxer, str(path)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
