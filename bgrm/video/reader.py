@@ -74,7 +74,7 @@ class Info:
     has_video: bool = False
     sar: Fraction = Fraction(1)  # pixel shape: DV and broadcast video are not square
     errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
-    damaged: bool = False  # the demuxer hit the end of the data early, or corrupt data
+    damage: str = ""  # the demuxer's first error: data ended early, or is corrupt
 
 
 class VideoReader:
@@ -123,7 +123,8 @@ class VideoReader:
                     info.errors.append(line)
                     # Decoders conceal a broken frame and go on; a demuxer error
                     # ("partial file", "File ended prematurely") means lost data.
-                    info.damaged = info.damaged or source.startswith("in#")
+                    if source.startswith("in#") and not info.damage:
+                        info.damage = line
                 if line.startswith("Output #"):
                     in_output = True
                 elif (m := _RATE.search(line)) and info.rate is None and int(m.group(2)):
@@ -177,7 +178,7 @@ class VideoReader:
             return  # ffmpeg may still be flushing; close() stops it
         status = self._proc.wait()
         self._stderr.join()
-        if status != 0 or self.count == 0 or self.info.damaged:
+        if status != 0 or self.count == 0 or self.info.damage:
             raise self._fail(self._explain(status))
 
     def _explain(self, status: int) -> str:
@@ -191,8 +192,8 @@ class VideoReader:
         if self.count == 0:
             return "no video frames could be decoded"
         if status == 0:
-            return (f"truncated or damaged: {first_error(errors)} (after {self.count} "
-                    "frames; no output written)")
+            return (f"truncated or damaged: {self.info.damage} (after {self.count} frames; "
+                    "no output written)")
         return f"ffmpeg failed after {self.count} frames: {first_error(errors)}"
 
     def close(self) -> None:
