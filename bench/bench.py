@@ -11,6 +11,7 @@ Nothing here is asserted by `make test`; this prints the table of issue #6.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import statistics
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,8 @@ BIN = Path(sys.executable).parent
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
 
 
-def run(cmd: list[str], env: dict) -> tuple[float, float]:
-    """Run ``cmd``; return (seconds, peak RSS in MB of its largest process)."""
+def run(cmd: list[str], env: dict) -> tuple[float, float, float]:
+    """Run ``cmd``; return (seconds, peak RSS in MB of its largest process, CPU seconds)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -40,20 +42,42 @@ def run(cmd: list[str], env: dict) -> tuple[float, float]:
     proc.stderr.close()
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024.0
+    return seconds, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
+
+
+class Measure:
+    """Medians of one command's runs: wall seconds, CPU seconds; the largest peak RSS."""
+
+    def __init__(self):
+        self.times, self.cpus, self.mems = [], [], []
+
+    def add(self, seconds: float, mb: float, cpu: float) -> None:
+        self.times.append(seconds)
+        self.mems.append(mb)
+        self.cpus.append(cpu)
+
+    @property
+    def t(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
+
+    @property
+    def mb(self) -> float:
+        return max(self.mems)
 
 
 def alternate(a: list[str], b: list[str], env: dict, reps: int, before=None):
-    """Median (seconds, MB) of ``a`` and of ``b``, run alternately ``reps`` times."""
-    ta, tb, ma, mb = [], [], [], []
+    """Measures of ``a`` and of ``b``, run alternately ``reps`` times."""
+    ma, mb = Measure(), Measure()
     for _ in range(reps):
-        for cmd, times, mems in ((a, ta, ma), (b, tb, mb)):
+        for cmd, measure in ((a, ma), (b, mb)):
             if before:
                 before()
-            t, m = run(cmd, env)
-            times.append(t)
-            mems.append(m)
-    return (statistics.median(ta), max(ma)), (statistics.median(tb), max(mb))
+            measure.add(*run(cmd, env))
+    return ma, mb
 
 
 def make_inputs(work: Path) -> dict[str, Path]:
@@ -118,16 +142,103 @@ class Table:
     def __init__(self):
         self.rows = []
 
-    def add(self, what: str, ours: str, ref: str, ratio: str, target: str, ok: bool):
-        self.rows.append((what, ours, ref, ratio, target, "ok" if ok else "MISSED"))
-        print(f"  {what}: {ours} vs {ref} -> {ratio} ({target}) {'ok' if ok else 'MISSED'}",
-              file=sys.stderr, flush=True)
+    def add(self, what: str, ours: str, ref: str, ratio: str, target: str, ok: bool,
+            cpu: str = ""):
+        self.rows.append((what, ours, ref, ratio, target, "ok" if ok else "MISSED", cpu))
+        print(f"  {what}: {ours} vs {ref} -> {ratio} ({target}) {'ok' if ok else 'MISSED'}"
+              + (f" [cpu {cpu}]" if cpu else ""), file=sys.stderr, flush=True)
 
     def print(self):
-        head = ("measure", "bgrm", "reference", "ratio", "target", "")
-        widths = [max(len(str(r[i])) for r in [head, *self.rows]) for i in range(6)]
+        head = ("measure", "bgrm", "reference", "ratio", "target", "", "cpu-time ratio")
+        widths = [max(len(str(r[i])) for r in [head, *self.rows]) for i in range(len(head))]
         for row in [head, *self.rows]:
             print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@dataclass
+class Bench:
+    """What every row gets: inputs, commands, environment, repetitions."""
+
+    work: Path
+    inputs: dict
+    env: dict
+    bgrm: list
+    rembg: list
+    reps: int
+    quick: bool
+    table: Table
+
+    @property
+    def out(self) -> Path:
+        return self.work / "out"
+
+    def clean(self) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.out.mkdir()
+
+    def versus_rembg(self, what: str, ours: list, theirs: list, target: float,
+                     ref_name: str) -> None:
+        """A row: bgrm and rembg alternated; ratio of median wall times."""
+        b, r = alternate(self.bgrm + ours, self.rembg + theirs, self.env, self.reps,
+                         self.clean)
+        self.table.add(what, f"{b.t:.2f}s", f"{r.t:.2f}s ({ref_name})",
+                       f"{r.t / b.t:.2f}x faster", f">= {target:g}x", r.t / b.t >= target,
+                       cpu=f"{r.cpu / b.cpu:.2f}x ({b.cpu:.1f} vs {r.cpu:.1f} s)")
+
+
+def row_help(b: Bench) -> None:
+    mb, mr = alternate(b.bgrm + ["--help"], b.rembg + ["--help"], b.env, max(b.reps, 3))
+    b.table.add("--help", f"{mb.t:.2f}s", f"{mr.t:.2f}s", f"{mb.t / mr.t:.2f}x time",
+                "<= 0.5 s and <= 0.25x", mb.t <= 0.5 and mb.t <= 0.25 * mr.t)
+
+
+def row_one_small(b: Bench) -> None:
+    one = str(b.inputs["one_small"])
+    b.versus_rembg("one small photo per call", ["image", "--model", "u2netp", one, "-o",
+                                                str(b.out)],
+                   ["i", "-m", "u2netp", one, str(b.out / "r.png")], 2, "rembg i")
+
+
+def row_small(b: Bench) -> None:
+    small = str(b.inputs["small"])
+    b.versus_rembg("5 small photos", ["image", "--model", "u2netp", small, "-o", str(b.out)],
+                   ["p", "-m", "u2netp", small, str(b.out)], 1.3, "rembg p")
+
+
+def row_small_matting(b: Bench) -> None:
+    small = str(b.inputs["small"])
+    b.versus_rembg("alpha matting, 5 small photos",
+                   ["image", "--model", "u2netp", "--alpha-matting", small, "-o", str(b.out)],
+                   ["p", "-m", "u2netp", "-a", small, str(b.out)], 2, "rembg p -a")
+
+
+def row_big(b: Bench) -> None:
+    if b.quick:
+        return
+    big = str(b.inputs["big"])
+    b.versus_rembg("12 MP photos", ["image", "--model", "u2netp", big, "-o", str(b.out)],
+                   ["p", "-m", "u2netp", big, str(b.out)], 2.5, "rembg p")
+
+
+def row_big_matting(b: Bench) -> None:
+    if b.quick:
+        return
+    m = Measure()
+    for _ in range(b.reps):
+        b.clean()
+        m.add(*run(b.bgrm + ["image", "--model", "u2netp", "--alpha-matting",
+                             "--alpha-base-size", "1000", str(b.inputs["one_big"]), "-o",
+                             str(b.out)], b.env))
+    b.table.add("alpha matting one 12 MP photo", f"{m.t:.2f}s, {m.mb:.0f} MB",
+                "(rembg: 87 s, 7.2 GB)", "-", "< 10 s and < 1.5 GB", m.t < 10 and m.mb < 1536)
+
+
+# The table, in order. A new measurement is a function of the Bench appended here.
+ROWS = [row_help, row_one_small, row_small, row_small_matting, row_big, row_big_matting]
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -152,89 +263,46 @@ def bench(work: Path, reps: int, quick: bool) -> None:
     bundled = ROOT / "bgrm" / "assets" / "u2netp.onnx"
     shutil.copy(bundled, rembg_home / "u2netp.onnx")
     env = dict(os.environ, U2NET_HOME=str(rembg_home), BGRM_MODELS=str(work / "empty"))
-    bgrm = [str(BIN / "bgrm")]
-    rembg = [str(BIN / "rembg")]
-    out = work / "out"
-
-    def clean():
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-
-    table = Table()
-    print(f"bgrm bench: {os.cpu_count()} cores, {reps} repetitions, medians", file=sys.stderr)
-
-    (tb, _), (tr, _) = alternate(bgrm + ["--help"], rembg + ["--help"], env, max(reps, 3))
-    table.add("--help", f"{tb:.2f}s", f"{tr:.2f}s", f"{tb / tr:.2f}x time",
-              "<= 0.5 s and <= 0.25x", tb <= 0.5 and tb <= 0.25 * tr)
-
-    one = inputs["one_small"]
-    (tb, _), (tr, _) = alternate(
-        bgrm + ["image", "--model", "u2netp", str(one), "-o", str(out)],
-        rembg + ["i", "-m", "u2netp", str(one), str(out / "r.png")], env, reps, clean)
-    table.add("one small photo per call", f"{tb:.2f}s", f"{tr:.2f}s (rembg i)",
-              f"{tr / tb:.2f}x faster", ">= 2x", tr / tb >= 2)
-
-    (tb, _), (tr, _) = alternate(
-        bgrm + ["image", "--model", "u2netp", str(inputs["small"]), "-o", str(out)],
-        rembg + ["p", "-m", "u2netp", str(inputs["small"]), str(out)], env, reps, clean)
-    table.add("5 small photos", f"{tb:.2f}s", f"{tr:.2f}s (rembg p)", f"{tr / tb:.2f}x faster",
-              ">= 1.3x", tr / tb >= 1.3)
-
-    (tb, _), (tr, _) = alternate(
-        bgrm + ["image", "--model", "u2netp", "--alpha-matting", str(inputs["small"]), "-o",
-                str(out)],
-        rembg + ["p", "-m", "u2netp", "-a", str(inputs["small"]), str(out)], env, reps, clean)
-    table.add("alpha matting, 5 small photos", f"{tb:.2f}s", f"{tr:.2f}s (rembg p -a)",
-              f"{tr / tb:.2f}x faster", ">= 2x", tr / tb >= 2)
-
-    if not quick:
-        (tb, _), (tr, _) = alternate(
-            bgrm + ["image", "--model", "u2netp", str(inputs["big"]), "-o", str(out)],
-            rembg + ["p", "-m", "u2netp", str(inputs["big"]), str(out)], env, reps, clean)
-        table.add("12 MP photos", f"{tb:.2f}s", f"{tr:.2f}s (rembg p)", f"{tr / tb:.2f}x faster",
-                  ">= 2.5x", tr / tb >= 2.5)
-
-        times, mems = [], []
-        for _ in range(reps):
-            clean()
-            t, m = run(bgrm + ["image", "--model", "u2netp", "--alpha-matting",
-                               "--alpha-base-size", "1000", str(inputs["one_big"]), "-o",
-                               str(out)], env)
-            times.append(t)
-            mems.append(m)
-        t, m = statistics.median(times), max(mems)
-        table.add("alpha matting one 12 MP photo", f"{t:.2f}s, {m:.0f} MB", "(rembg: 87 s, 7.2 GB)",
-                  "-", "< 10 s and < 1.5 GB", t < 10 and m < 1536)
-
-    bench_video(work, env, bgrm, table, reps)
+    b = Bench(work, inputs, env, [str(BIN / "bgrm")], [str(BIN / "rembg")], reps, quick, Table())
+    before = load()
+    print(f"bgrm bench: {os.cpu_count()} cores, {reps} repetitions, medians; {before}",
+          file=sys.stderr)
+    for row in ROWS:
+        row(b)
     print()
-    table.print()
+    print(f"{os.cpu_count()} cores, {reps} repetitions (medians), u2netp; "
+          f"{before} at start, {load()} at end")
+    b.table.print()
 
 
-def bench_video(work: Path, env: dict, bgrm: list[str], table: Table, reps: int) -> None:
+def row_video(b: Bench) -> None:
     try:
-        import bgrm.video.pipeline  # noqa: F401
+        # importlib, not `import bgrm.video...`: bgrm here is a package, and
+        # b.bgrm the command line.
+        importlib.import_module("bgrm.video.pipeline")
     except ImportError:
         print("  (video rows skipped: bgrm.video.pipeline is not available)", file=sys.stderr)
         return
     frames = 30
-    short = make_clip(work / "clip.mp4", frames)
-    long = make_clip(work / "clip4x.mp4", frames * 4)
-    out = work / "vout"
-    out.mkdir()
-    bare = bare_inference_fps(ROOT / "bgrm" / "assets" / "u2netp.onnx")
-    times, mems_short = [], []
-    for _ in range(reps):
-        t, m = run(bgrm + ["video", "--model", "u2netp", str(short), "-o", str(out)], env)
-        times.append(t)
-        mems_short.append(m)
-    fps = frames / statistics.median(times)
-    table.add("video to mov, 640x360", f"{fps:.2f} fps", f"{bare:.2f} fps (bare u2netp)",
-              f"{fps / bare:.2f}x", ">= 0.8x", fps / bare >= 0.8)
-    _, m_long = run(bgrm + ["video", "--model", "u2netp", str(long), "-o", str(out)], env)
-    m_short = max(mems_short)
-    table.add("video peak memory, 4x frames", f"{m_long:.0f} MB", f"{m_short:.0f} MB",
-              f"{m_long / m_short:.2f}x", "<= 1.2x", m_long / m_short <= 1.2)
+    short = make_clip(b.work / "clip.mp4", frames)
+    long = make_clip(b.work / "clip4x.mp4", frames * 4)
+    out = b.work / "vout"
+    out.mkdir(exist_ok=True)
+    # Bare inference and the video job alternate too, so both see the same load.
+    bare_fps, m = [], Measure()
+    for _ in range(b.reps):
+        bare_fps.append(bare_inference_fps(ROOT / "bgrm" / "assets" / "u2netp.onnx"))
+        m.add(*run(b.bgrm + ["video", "--model", "u2netp", str(short), "-o", str(out)], b.env))
+    bare = statistics.median(bare_fps)
+    fps = frames / m.t
+    b.table.add("video to mov, 640x360", f"{fps:.2f} fps", f"{bare:.2f} fps (bare u2netp)",
+                f"{fps / bare:.2f}x", ">= 0.8x", fps / bare >= 0.8)
+    _, m_long, _ = run(b.bgrm + ["video", "--model", "u2netp", str(long), "-o", str(out)], b.env)
+    b.table.add("video peak memory, 4x frames", f"{m_long:.0f} MB", f"{m.mb:.0f} MB",
+                f"{m_long / m.mb:.2f}x", "<= 1.2x", m_long / m.mb <= 1.2)
+
+
+ROWS.append(row_video)
 
 
 if __name__ == "__main__":

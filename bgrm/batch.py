@@ -32,6 +32,9 @@ class Runtime:
     threads: int | None = None
     skip_existing: bool = False
     traceback: bool = False
+    # onnxruntime's idle threads spin for a while after each run; when other
+    # work (matting) follows on the same cores, that spinning only steals them.
+    spinning: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ def run_job(job: Job, progress: Callable[[int], None]) -> Result:
     try:
         from bgrm.segment import get_segmenter
 
-        segmenter = get_segmenter(job.runtime.model, job.runtime.device, job.runtime.threads)
+        segmenter = get_segmenter(job.runtime.model, job.runtime.device, job.runtime.threads,
+                                  job.runtime.spinning)
         module = importlib.import_module(PROCESSORS[job.kind])
         notes = module.process_file(job.src, job.dst, job.options, segmenter, progress)
         return Result(job.name, job.dst, notes=list(notes or []))
@@ -145,16 +149,33 @@ def _death(job: Job, pid: int, exitcode: int | None) -> Result:
 
 
 def default_workers(kind: str, count: int) -> int:
-    """Processes for a batch: one per core for many images; video uses all cores per file."""
-    cores = os.cpu_count() or 1
-    if kind == "video" or count < 3:
+    """Processes for a batch: one. Images run several files at once on threads
+    (``default_file_threads``); video uses all cores per file."""
+    return 1
+
+
+def default_file_threads(kind: str, count: int) -> int:
+    """Files processed at once on threads of the one process, by default.
+
+    Measured on 2 cores (bench/bench.py): a second process costs its own
+    interpreter, onnxruntime and pymatting imports (~1 s) before its first
+    file, which a run of a few photos never earns back. Threads share the
+    process's imports and its one model; onnxruntime, numba (matting) and
+    Pillow's codecs release the GIL, so two files overlap about as well as
+    two processes would. ``--jobs N`` still gives N processes, each file
+    isolated from a crash or out-of-memory kill of another.
+    """
+    if kind != "image" or count < 2:
         return 1
-    return min(cores, count)
+    return max(1, min(os.cpu_count() or 1, count))
 
 
 def run(jobs: list[Job], workers: int, on_progress: Callable[[int, int], None],
-        on_result: Callable[[int, Result], None]) -> list[Result]:
-    """Run the jobs inline (one worker) or on a pool; results in input order."""
+        on_result: Callable[[int, Result], None], file_threads: int = 1) -> list[Result]:
+    """Run the jobs inline (one worker, ``file_threads`` files at a time) or on a
+    pool; results in input order."""
+    if workers <= 1 and file_threads > 1 and len(jobs) > 1:
+        return _run_threads(jobs, file_threads, on_progress, on_result)
     if workers <= 1 or len(jobs) <= 1:
         results = []
         try:
@@ -172,3 +193,56 @@ def run(jobs: list[Job], workers: int, on_progress: Callable[[int, int], None],
 
     return run_pool(jobs, run_job, workers, on_progress=on_progress, on_result=on_result,
                     on_death=_death)
+
+
+def _run_threads(jobs: list[Job], count: int, on_progress: Callable[[int, int], None],
+                 on_result: Callable[[int, Result], None]) -> list[Result]:
+    """Several files at once on threads of this process; results in input order.
+
+    Results and progress reach the callbacks from this (the main) thread only.
+    On Ctrl-C no new file is started and the files already under way are
+    finished (each is written whole or not at all) before it is re-raised.
+    """
+    import queue
+    import threading
+
+    results: list = [None] * len(jobs)
+    todo = iter(enumerate(jobs))
+    take = threading.Lock()
+    stop = threading.Event()
+    events: queue.SimpleQueue = queue.SimpleQueue()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with take:
+                item = next(todo, None)
+            if item is None:
+                break
+            i, job = item
+            events.put(("done", i, run_job(job, lambda n, i=i: events.put(("progress", i, n)))))
+        events.put(("exit", -1, None))
+
+    threads = [threading.Thread(target=worker, name=f"bgrm-file-{n}", daemon=True)
+               for n in range(min(count, len(jobs)))]
+    for thread in threads:
+        thread.start()
+    running = len(threads)
+    try:
+        while running:
+            kind, i, payload = events.get()
+            if kind == "exit":
+                running -= 1
+            elif kind == "progress":
+                on_progress(i, payload)
+            else:
+                results[i] = payload
+                on_result(i, payload)
+    except BaseException:
+        stop.set()
+        try:
+            for thread in threads:
+                thread.join()
+        finally:
+            remove_leftovers({job.dst.parent for job in jobs}, os.getpid())
+        raise
+    return results

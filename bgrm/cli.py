@@ -69,11 +69,13 @@ def job_options(job: str):
                          help="The hosted API's params as a JSON file; flags given here win."),
             click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders."),
             click.option("-j", "--jobs", type=click.IntRange(1, 256),
-                         help="Files processed in parallel [default: by file count and cores]."),
+                         help="Worker processes, one file each [default: one process, "
+                              "several images at once on threads, by cores]."),
             click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
                          show_default=True, help="Where the model runs."),
             click.option("--threads", type=click.IntRange(1, 256),
-                         help="onnxruntime threads per process [default: cores / jobs]."),
+                         help="onnxruntime threads per session [default: cores / files "
+                              "at once]."),
             click.option("--skip-existing", is_flag=True,
                          help="Leave inputs whose output already exists (resume a batch)."),
             click.option("--json", "as_json", is_flag=True,

@@ -115,7 +115,7 @@ class ModelCache(WorkerPlugin):
             self._stamps[str(model.path)] = stamp
             with contextlib.suppress(Exception):
                 # Errors are left to run_job, which reports them as a local run does.
-                get_segmenter(model, runtime.device, threads)
+                get_segmenter(model, runtime.device, threads, runtime.spinning)
         return runtime
 
     def _resolve(self, name: str):

@@ -23,7 +23,7 @@ MAX_PIXELS = 150_000_000
 # That check replaces Pillow's own, which would otherwise fire first (above
 # 179 MP) with a message about "DOS attacks" instead of the size and the limit.
 Image.MAX_IMAGE_PIXELS = None
-PNG_COMPRESS_LEVEL = 6
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass

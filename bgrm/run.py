@@ -122,9 +122,14 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
                               + ("read-only file system" if read_only else "permission denied"))
     # On a cluster each worker sizes and places its own sessions (bgrm.distributed).
     workers = 1 if scheduler else jobs or batch.default_workers(job, len(files))
+    # Files at once in this process; --jobs N means N processes, one file each.
+    file_threads = 1 if scheduler or jobs else batch.default_file_threads(job, len(files))
     if not scheduler:
-        threads = threads or max(1, (os.cpu_count() or 1) // max(1, min(workers, len(files) or 1)))
-    runtime = batch.Runtime(model, device, threads, skip_existing, show_traceback)
+        at_once = max(1, min(workers * file_threads, len(files) or 1))
+        threads = threads or max(1, (os.cpu_count() or 1) // at_once)
+    matting = getattr(getattr(opts, "matting", None), "enabled", False)
+    runtime = batch.Runtime(model, device, threads, skip_existing, show_traceback,
+                            spinning=not matting)
     if device == "cuda" and workers > 1 and not model.custom:
         from bgrm.segment import check_device
 
@@ -134,7 +139,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         # is one clear error, not one per file.
         from bgrm.segment import get_segmenter
 
-        get_segmenter(model, "cpu" if scheduler else device, threads)
+        get_segmenter(model, "cpu" if scheduler else device, threads, runtime.spinning)
     dsts = batch.name_outputs(files, output_dir, output_extension(job, opts))
     jobs_list = [batch.Job(job, src, dst, str(src), opts, runtime)
                  for src, dst in zip(files, dsts, strict=True)]
@@ -183,7 +188,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
 
                 results = run_on_cluster(scheduler, jobs_list, on_progress, on_result)
             else:
-                results = batch.run(jobs_list, workers, on_progress, on_result)
+                results = batch.run(jobs_list, workers, on_progress, on_result, file_threads)
     finally:
         if bar is not None:
             bar.close()
