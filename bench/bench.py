@@ -108,7 +108,7 @@ def make_clip(path: Path, frames: int, size=(640, 360), fps=25) -> Path:
     w, h = size
     writer = imageio_ffmpeg.write_frames(str(path), size, fps=fps, codec="libx264",
                                          macro_block_size=1, quality=8,
-                                         output_params=["-pix_fmt", "yuv420p"])
+                                         pix_fmt_out="yuv420p")
     writer.send(None)
     try:
         for i in range(frames):

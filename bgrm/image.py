@@ -23,7 +23,11 @@ MAX_PIXELS = 150_000_000
 # That check replaces Pillow's own, which would otherwise fire first (above
 # 179 MP) with a message about "DOS attacks" instead of the size and the limit.
 Image.MAX_IMAGE_PIXELS = None
+# zlib's run-length strategy at level 1: on 12 MP cutouts 0.6 s instead of
+# 2.0 s (level 6, the default) for files 0-15% larger; plain level 1 is as
+# fast but 25% larger. The README's "Speed" section has the figures.
 PNG_COMPRESS_LEVEL = 1
+PNG_STRATEGY = 3  # zlib Z_RLE
 
 
 @dataclass
@@ -203,7 +207,7 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
 
 def encode_png(picture: Image.Image, out) -> None:
     picture.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
-                 icc_profile=picture.info.get("icc_profile"))
+                 compress_type=PNG_STRATEGY, icc_profile=picture.info.get("icc_profile"))
 
 
 def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None) -> list[str]:
