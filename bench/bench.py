@@ -305,5 +305,54 @@ def row_video(b: Bench) -> None:
 ROWS.append(row_video)
 
 
+def row_temporal(b: Bench) -> None:
+    """Issue #7: flicker with and without --temporal-smoothing, on pans over real photos.
+
+    The clips are tests/test_temporal.py's (noise and a JPEG pass per frame, so
+    the per-frame masks jitter as on camera footage); the figures are read
+    back from the mov outputs' alpha with ffmpeg.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    from videoclips import flicker, iou, pan_frames, probe, write_frames
+
+    for photo in PHOTOS:
+        clip = write_frames(b.work / f"pan-{Path(photo).stem}.mp4", pan_frames(FIXTURES / photo))
+        alpha = {}
+        for name, extra in (("smooth", []), ("raw", ["--temporal-smoothing", "0"])):
+            out = b.work / f"temporal-{name}"
+            run(b.bgrm + ["video", "--model", "u2netp", str(clip), "-o", str(out), *extra],
+                b.env)
+            alpha[name] = probe(out / f"{clip.stem}_processed.mov").frames[..., 3]
+        ratio = flicker(alpha["smooth"]) / flicker(alpha["raw"])
+        last = iou(alpha["smooth"][-1], alpha["raw"][-1])
+        b.table.add(f"flicker ratio; IoU, {Path(photo).stem} pan (20 frames)",
+                    f"{flicker(alpha['smooth']):.4f}; IoU {last:.3f}",
+                    f"{flicker(alpha['raw']):.4f} (--temporal-smoothing 0)",
+                    f"{ratio:.2f}x", "<= 0.7x; IoU > 0.95", ratio <= 0.7 and last > 0.95)
+
+
+def row_video_matting(b: Bench) -> None:
+    """Issue #7: `bgrm video --alpha-matting` on the 640x360 pan, wall seconds per
+    frame for the whole command (start, model, pymatting import, decode,
+    inference, matting, encode: nothing subtracted)."""
+    frames = 30
+    clip = b.work / "clip.mp4"
+    if not clip.exists():
+        make_clip(clip, frames)
+    out = b.work / "vmatte"
+    m = Measure()
+    for _ in range(b.reps):
+        m.add(*run(b.bgrm + ["video", "--model", "u2netp", "--alpha-matting", str(clip),
+                             "-o", str(out)], b.env))
+    per = m.t / frames
+    b.table.add("video alpha matting, 640x360", f"{per:.2f} s/frame",
+                "whole command / frames", "-", "<= 1.5 s/frame", per <= 1.5,
+                cpu=f"{m.cpu / frames:.2f} cpu-s/frame")
+
+
+ROWS += [row_temporal, row_video_matting]
+
+
+
 if __name__ == "__main__":
     main()

@@ -104,14 +104,48 @@ def _unknown_box(tri: np.ndarray) -> tuple[slice, slice] | None:
             slice(max(cols[0] - _CROP_MARGIN, 0), min(cols[-1] + _CROP_MARGIN + 1, w)))
 
 
+class Memory:
+    """What one video frame's matte leaves for the next (bgrm.video).
+
+    Consecutive frames give nearly the same system: the last alpha (at solve
+    size) is a conjugate-gradient start a few iterations nearer the answer,
+    and the diagonal shift the incomplete Cholesky factor needed last time is
+    where to begin, instead of failing at shift 0 again first (a failed try
+    costs about as much as the factor itself: ~1 s on a 640x360 frame with a
+    wide band). Shared by the matting threads; each field is replaced whole.
+    """
+
+    def __init__(self):
+        self.alpha: np.ndarray | None = None
+        self.shift = 0.0
+
+    def preconditioner(self, matrix):
+        from pymatting import ichol
+
+        shifts = _ICHOL_SHIFTS[_ICHOL_SHIFTS.index(self.shift):] \
+            if self.shift in _ICHOL_SHIFTS else _ICHOL_SHIFTS
+        for shift in shifts:
+            try:
+                factor = ichol(matrix, shifts=[shift])
+            except ValueError:
+                continue
+            self.shift = shift
+            return factor
+        raise ValueError("incomplete Cholesky failed at every shift")
+
+
+# pymatting's own sequence of diagonal shifts for ichol.
+_ICHOL_SHIFTS = [0.0, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 10.0, 100, 1e3, 1e4, 1e5]
+
+
 def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
-          initial: np.ndarray | None = None):
+          initial: np.ndarray | None = None, memory: Memory | None = None):
     """Closed-form matte over the unknown band of ``tri``.
 
     Returns (alpha float32 HxW in 0..1, foreground-minus-background float32
     HxWx3), both at the size of ``rgb``. ``initial`` (an alpha at that size) is
     the conjugate-gradient start, which video uses to begin from the previous
-    frame's answer.
+    frame's answer; ``memory`` also carries the preconditioner's shift.
     """
     estimate_alpha_cf, estimate_foreground_ml = _pymatting()
     alpha = (tri == 255).astype(np.float32)
@@ -135,7 +169,9 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
             # pymatting print()s a "PERFORMANCE WARNING" when its preconditioner
             # needs a shift; on stdout that would corrupt `bgrm image -` and --json.
             with contextlib.redirect_stdout(io.StringIO()):
-                sub_alpha = estimate_alpha_cf(img, sub_tri, cg_kwargs=cg_kwargs)
+                sub_alpha = estimate_alpha_cf(
+                    img, sub_tri, cg_kwargs=cg_kwargs,
+                    preconditioner=memory.preconditioner if memory else None)
         except ValueError:
             # The preconditioner can fail outright on some trimaps (rembg falls
             # back too); the network's soft mask is then the answer for the band.
@@ -147,8 +183,11 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
     return alpha, delta
 
 
-def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions):
+def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions,
+          memory: Memory | None = None):
     """Full-size RGB and mask -> (alpha uint8 HxW, foreground uint8 HxWx3).
+
+    ``memory``: successive frames of one video (see ``Memory``).
 
     The matte is solved at alpha_base_size and brought back to full size. The
     foreground colour uses I = aF + (1-a)B, so F = I + (1-a)(F-B): the image's
@@ -160,7 +199,12 @@ def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions):
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     small_rgb = _resize(rgb, small, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
     small_mask = _resize(mask, small)
-    alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask)
+    initial = memory.alpha if memory is not None else None
+    if initial is not None and initial.shape != small_mask.shape:
+        initial = None
+    alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask, initial, memory)
+    if memory is not None:
+        memory.alpha = alpha_s
     alpha = np.clip(_resize_float(alpha_s, (w, h)), 0.0, 1.0)
     ys, xs = np.nonzero((alpha > 0.0) & (alpha < 1.0))
     fg = rgb.copy()

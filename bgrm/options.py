@@ -161,7 +161,7 @@ PARAMS: tuple[Param, ...] = (
           "gif_with_bg), scaled to cover, centred."),
     Param("bg_video", "path", None, "Background video for video_over_video (looped or cut).",
           jobs=("video",)),
-    Param("temporal_smoothing", "float", 0.6, "Steadiness of video masks, 0 turns it off.",
+    Param("temporal_smoothing", "float", 0.8, "Steadiness of video masks, 0 turns it off.",
           jobs=("video",)),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
@@ -208,7 +208,7 @@ class VideoOptions:
     frame_limit: int | None = None
     bg_image: Path | None = None
     bg_video: Path | None = None
-    temporal_smoothing: float = 0.6
+    temporal_smoothing: float = 0.8
 
     def __post_init__(self) -> None:
         fmt = self.video_format

@@ -101,3 +101,55 @@ def probe(path: Path, autorotate: bool = True) -> Probed:
         assert pcm.returncode == 0, pcm.stderr.decode()
         audio = len(pcm.stdout) / 2 / 8000
     return Probed(frames, [float(p) for p, _, _ in infos], audio, err)
+
+
+def pan_frames(photo: Path, *, frames=20, size=(192, 108), noise=6.0, seed=0,
+               start=0.2, travel=0.4) -> list[np.ndarray]:
+    """A pan and zoom over a real photo, each frame with its own sensor noise and
+    JPEG pass, as a camera gives: the per-frame masks then jitter the way
+    U^2-Net's do on real footage (a perfectly clean pan barely flickers)."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    im = Image.open(photo).convert("RGB")
+    w, h = size
+    out = []
+    for i in range(frames):
+        t = i / max(frames - 1, 1)
+        cw = int(im.width * (0.95 - 0.25 * t))
+        ch = min(cw * h // w, im.height)
+        left = int((im.width - cw) * (start + travel * t))
+        top = max(0, (im.height - ch) // 2 - int(20 * t))
+        f = np.asarray(im.crop((left, top, left + cw, top + ch)).resize(
+            size, Image.Resampling.BILINEAR), dtype=np.float32)
+        f = np.clip(f + rng.normal(0, noise, f.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(f).save(buf, "JPEG", quality=70)
+        out.append(np.asarray(Image.open(buf).convert("RGB")))
+    return out
+
+
+def write_frames(dst: Path, frames: list[np.ndarray], fps=12) -> Path:
+    """Frames (H x W x 3 uint8) -> a nearly lossless H.264 file (yuv444p, crf 10)."""
+    h, w = frames[0].shape[:2]
+    proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+                           "-r", str(fps), "-i", "-", "-c:v", "libx264", "-crf", "10",
+                           "-pix_fmt", "yuv444p", str(dst)],
+                          input=b"".join(np.ascontiguousarray(f).tobytes() for f in frames),
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return dst
+
+
+def flicker(alpha: np.ndarray) -> float:
+    """Mean frame-to-frame change of an N x H x W alpha (uint8), 0..1."""
+    return float(np.abs(np.diff(alpha.astype(np.float32) / 255.0, axis=0)).mean())
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two alphas cut at half."""
+    x, y = a > 127, b > 127
+    return float((x & y).sum() / max((x | y).sum(), 1))
