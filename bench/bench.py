@@ -387,6 +387,5 @@ def row_video_matting(b: Bench) -> None:
 ROWS += [row_temporal, row_video_matting]
 
 
-
 if __name__ == "__main__":
     main()
