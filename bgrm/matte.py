@@ -208,11 +208,14 @@ def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions,
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     small_rgb = _resize(rgb, small, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
     small_mask = _resize(mask, small)
-    initial = memory.alpha if memory is not None else None
-    if initial is not None and initial.shape != small_mask.shape:
-        initial = None
-    alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask, initial, memory)
-    if memory is not None:
+    tri = trimap(small_mask, opts)
+    if memory is None:
+        alpha_s, delta_s = solve(small_rgb, tri, small_mask)
+    else:
+        initial = memory.alpha
+        if initial is not None and initial.shape != small_mask.shape:
+            initial = None
+        alpha_s, delta_s = solve(small_rgb, tri, small_mask, initial, memory)
         memory.alpha = alpha_s
     alpha = np.clip(_resize_float(alpha_s, (w, h)), 0.0, 1.0)
     ys, xs = np.nonzero((alpha > 0.0) & (alpha < 1.0))
