@@ -385,8 +385,12 @@ def row_video_matting(b: Bench) -> None:
         m.add(*run(b.bgrm + ["video", "--model", "u2netp", "--alpha-matting", str(clip),
                              "-o", str(out)], b.env))
     per = m.t / frames
+    cores = os.cpu_count() or 1
+    # Wall time is what the target is about; on a shared machine the process
+    # may get one core's worth, so its CPU seconds over the cores are shown too.
     b.table.add("video alpha matting, 640x360", f"{per:.2f} s/frame",
-                "whole command / frames", "-", "<= 1.5 s/frame", per <= 1.5,
+                f"whole command / frames; cpu / {cores} cores: "
+                f"{m.cpu / frames / cores:.2f} s/frame", "-", "<= 1.5 s/frame", per <= 1.5,
                 cpu=f"{m.cpu / frames:.2f} cpu-s/frame")
 
 
