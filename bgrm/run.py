@@ -123,11 +123,11 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
     # On a cluster each worker sizes and places its own sessions (bgrm.distributed).
     workers = 1 if scheduler else jobs or batch.default_workers(job, len(files))
     # Files at once in this process; --jobs N means N processes, one file each.
-    file_threads = 1 if scheduler or jobs else batch.default_file_threads(job, len(files))
+    matting = getattr(getattr(opts, "matting", None), "enabled", False)
+    file_threads = 1 if scheduler or jobs else batch.default_file_threads(job, files, matting)
     if not scheduler:
         at_once = max(1, min(workers * file_threads, len(files) or 1))
         threads = threads or max(1, (os.cpu_count() or 1) // at_once)
-    matting = getattr(getattr(opts, "matting", None), "enabled", False)
     # The one place that decides onnxruntime's spinning for a run (the preload
     # below, batch.run_job and bgrm.distributed all read runtime.spinning, so
     # one session is made). Video overlaps decode, inference, masks and
