@@ -4,7 +4,8 @@
 
 Every comparison alternates the two commands, repeats them, and takes medians,
 so the machine's noise hits both sides alike. Peak memory is each command's
-own maximum resident set (its process tree's largest member), from wait4.
+own maximum resident set (its process tree's largest member), from wait4 in a
+small launcher process.
 Nothing here is asserted by `make test`; this prints the table of issue #6.
 """
 
@@ -31,18 +32,34 @@ BIN = Path(sys.executable).parent
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
 
 
+# Linux carries ru_maxrss across fork and exec: a command started straight from
+# this process (which holds an onnxruntime session for the bare-inference rows)
+# would report at least this process's size. The launcher is a fresh, small
+# interpreter that forks the command from itself and reports its wait4 usage.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def run(cmd: list[str], env: dict) -> tuple[float, float, float]:
     """Run ``cmd``; return (seconds, peak RSS in MB of its largest process, CPU seconds)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
+    with tempfile.NamedTemporaryFile("r", suffix=".usage") as usage_file:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", _LAUNCHER, usage_file.name, *cmd], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace")
+            raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}")
+        maxrss_kb, cpu = usage_file.read().split()
+    return seconds, int(maxrss_kb) / 1024.0, float(cpu)
 
 
 class Measure:
