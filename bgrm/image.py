@@ -100,14 +100,15 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     except UnidentifiedImageError as exc:
         raise InputError(f"{name}: not an image bgrm can read "
                          f"({_what_it_is(data)})") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise TypeError,
+        # IndexError, struct.error... on malformed files: all mean the same thing.
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise InputError(f"{name}: corrupt or truncated image ({reason})") from exc
     if im.width < 1 or im.height < 1:
         raise InputError(f"{name}: image has no pixels")
     try:
         rgb, alpha = _to_rgb(im)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - as above, for a malformed file's pixels
         raise InputError(f"{name}: cannot convert its {im.mode} pixels to RGB ({exc})") from exc
     return Decoded(rgb, alpha, notes, icc or None)
 

@@ -8,9 +8,8 @@ bounding box of the unknown band, and the result is brought back to full size.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
+import sys
 import threading
 
 import numpy as np
@@ -46,6 +45,11 @@ def _pymatting():
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     from pymatting import estimate_alpha_cf, estimate_foreground_ml
 
+    # ichol print()s a "PERFORMANCE WARNING" when it needs a shift; on stdout it
+    # would corrupt `bgrm image -` and --json. A module-level `print` silences
+    # just that module, and unlike redirecting sys.stdout it is safe when
+    # frames are matted on several threads at once.
+    sys.modules["pymatting.preconditioner.ichol"].print = lambda *args, **kwargs: None
     return estimate_alpha_cf, estimate_foreground_ml
 
 
@@ -175,12 +179,9 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
             # The solver's unknowns are the band's pixels in raster order.
             cg_kwargs["x0"] = initial[box].astype(np.float64).ravel()[is_unknown]
         try:
-            # pymatting print()s a "PERFORMANCE WARNING" when its preconditioner
-            # needs a shift; on stdout that would corrupt `bgrm image -` and --json.
-            with contextlib.redirect_stdout(io.StringIO()):
-                sub_alpha = estimate_alpha_cf(
-                    img, sub_tri, cg_kwargs=cg_kwargs,
-                    preconditioner=memory.preconditioner if memory else None)
+            sub_alpha = estimate_alpha_cf(
+                img, sub_tri, cg_kwargs=cg_kwargs,
+                preconditioner=memory.preconditioner if memory else None)
         except ValueError:
             # The preconditioner can fail outright on some trimaps (rembg falls
             # back too); the network's soft mask is then the answer for the band.
