@@ -302,16 +302,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 repetition, no 12 MP rows")
+    parser.add_argument("--only", metavar="WORD",
+                        help="run only the row functions whose name contains WORD (e.g. video)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     work = Path(tempfile.mkdtemp(prefix="bgrm-bench-"))
     try:
-        bench(work, reps, args.quick)
+        bench(work, reps, args.quick, args.only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def bench(work: Path, reps: int, quick: bool) -> None:
+def bench(work: Path, reps: int, quick: bool, only: str | None = None) -> None:
     inputs = make_inputs(work)
     # rembg finds u2netp in $U2NET_HOME; bgrm gets an empty models dir and the
     # bundled copy of the same file, so both run the same weights, offline.
@@ -325,7 +327,8 @@ def bench(work: Path, reps: int, quick: bool) -> None:
     print(f"bgrm bench: {os.cpu_count()} cores, {reps} repetitions, medians; {before}",
           file=sys.stderr)
     for row in ROWS:
-        row(b)
+        if only is None or only in row.__name__:
+            row(b)
     print()
     print(f"{os.cpu_count()} cores, {reps} repetitions (medians), u2netp; "
           f"{before} at start, {load()} at end")
@@ -352,11 +355,20 @@ def row_video(b: Bench) -> None:
         m.add(*run(b.bgrm + ["video", "--model", "u2netp", str(short), "-o", str(out)], b.env))
     bare = statistics.median(bare_fps)
     fps = frames / m.t
-    b.table.add("video to mov, 640x360", f"{fps:.2f} fps", f"{bare:.2f} fps (bare u2netp)",
-                f"{fps / bare:.2f}x", ">= 0.8x", fps / bare >= 0.8)
-    _, m_long, _ = run(b.bgrm + ["video", "--model", "u2netp", str(long), "-o", str(out)], b.env)
-    b.table.add("video peak memory, 4x frames", f"{m_long:.0f} MB", f"{m.mb:.0f} MB",
-                f"{m_long / m.mb:.2f}x", "<= 1.2x", m_long / m.mb <= 1.2)
+    b.table.add("video to mov, 640x360, 30 frames", f"{fps:.2f} fps", f"{bare:.2f} fps (bare u2netp)",
+                f"{fps / bare:.2f}x", "(incl. ~1.3 s start-up)", None)
+    m_long = Measure()
+    for _ in range(b.reps):
+        m_long.add(*run(b.bgrm + ["video", "--model", "u2netp", str(long), "-o", str(out)],
+                        b.env))
+    # The pipeline's own rate: the 90 extra frames of the long clip over the
+    # extra time they took, so start-up (imports, model load, ffmpeg) cancels.
+    steady = frames * 3 / (m_long.t - m.t)
+    b.table.add("video to mov, 640x360, steady rate", f"{steady:.2f} fps",
+                f"{bare:.2f} fps (bare u2netp)", f"{steady / bare:.2f}x", ">= 0.8x",
+                steady / bare >= 0.8)
+    b.table.add("video peak memory, 4x frames", f"{m_long.mb:.0f} MB", f"{m.mb:.0f} MB",
+                f"{m_long.mb / m.mb:.2f}x", "<= 1.2x", m_long.mb / m.mb <= 1.2)
 
 
 ROWS.append(row_video)
