@@ -547,13 +547,14 @@ def _writing_worker(pid: int, out: Path) -> int | None:
     return None
 
 
-def test_killed_worker_fails_only_its_file(tmp_path, env):
-    inputs = _batch(tmp_path / "in", 4)
-    out = tmp_path / "out"
-    proc = start(env, "image", tmp_path / "in", "-o", out, "--jobs", "2", "--json")
+def _kill_a_writing_worker(env, out, *args):
+    """Run a --jobs 2 batch and SIGKILL the worker writing, as the OOM killer
+    does; return (proc, its --json report, stderr) after checking it exited 1
+    without a traceback."""
+    proc = start(env, *args, "-o", out, "--jobs", "2", "--json")
     try:
         victim = _wait_for(proc, lambda: _writing_worker(proc.pid, out), "a worker writing")
-        os.kill(victim, signal.SIGKILL)  # as the OOM killer does
+        os.kill(victim, signal.SIGKILL)
         stdout, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -561,7 +562,13 @@ def test_killed_worker_fails_only_its_file(tmp_path, env):
             proc.wait()
     assert proc.returncode == 1, err.decode()
     assert "Traceback" not in err.decode()
-    report = json.loads(stdout)
+    return proc, json.loads(stdout), err
+
+
+def test_killed_worker_fails_only_its_file(tmp_path, env):
+    inputs = _batch(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    proc, report, err = _kill_a_writing_worker(env, out, "image", tmp_path / "in")
     assert len(report["failed"]) == 1, report
     error = report["failed"][0]["error"]
     assert "the worker processing it died (killed by signal 9)" in error
@@ -836,19 +843,8 @@ def test_killed_video_worker_leaves_no_ffmpeg_and_no_temporary(tmp_path, env):
                         "sine", "-t", "2", "-pix_fmt", "yuv420p", "-shortest",
                         str(tmp_path / "in" / f"clip{i}.mp4")], check=True)
     out = tmp_path / "out"
-    proc = start(env, "video", tmp_path / "in", "-o", out, "--jobs", "2", "--frame-limit", "4",
-                 "--json")
-    try:
-        victim = _wait_for(proc, lambda: _writing_worker(proc.pid, out), "a worker writing")
-        os.kill(victim, signal.SIGKILL)
-        stdout, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 1, err.decode()
-    assert "Traceback" not in err.decode()
-    report = json.loads(stdout)
+    proc, report, err = _kill_a_writing_worker(env, out, "video", tmp_path / "in",
+                                               "--frame-limit", "4")
     assert len(report["failed"]) == 1 and "died" in report["failed"][0]["error"], report
     assert len(report["files"]) == 1
     assert_no_orphans(proc.pid)  # the dead worker's ffmpeg processes too
