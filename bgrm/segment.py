@@ -16,8 +16,6 @@ from PIL import Image
 from bgrm.errors import ModelError
 from bgrm.models import ResolvedModel
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 def _providers(device: str) -> list[str]:
     import onnxruntime as ort
