@@ -149,12 +149,6 @@ def _death(job: Job, pid: int, exitcode: int | None) -> Result:
     return Result(job.name, error=f"{job.name}: the worker processing it died ({how}){hint}")
 
 
-def default_workers(kind: str, count: int) -> int:
-    """Processes for a batch: one. Images run several files at once on threads
-    (``default_file_threads``); video uses all cores per file."""
-    return 1
-
-
 # Mean picture size from which plain cutouts run on threads too: around there
 # encoding the PNG takes as long as the inference.
 _LARGE_INPUT_PIXELS = 4_000_000

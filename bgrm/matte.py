@@ -89,13 +89,11 @@ def _resize(arr: np.ndarray, size: tuple[int, int], resample=Image.Resampling.BI
 
 
 def _resize_float(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float HxW or HxWxC array."""
+    """Bilinear resize of a float HxW array."""
     if arr.shape[1] == size[0] and arr.shape[0] == size[1]:
         return arr.astype(np.float32)
-    if arr.ndim == 2:
-        return np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize(
-            size, Image.Resampling.BILINEAR))
-    return np.stack([_resize_float(arr[..., c], size) for c in range(arr.shape[2])], axis=-1)
+    return np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR))
 
 
 def _unknown_box(tri: np.ndarray) -> tuple[slice, slice] | None:
@@ -168,10 +166,13 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
         return alpha, delta
     img = rgb[box].astype(np.float64) / 255.0
     sub_tri = tri[box].astype(np.float64) / 255.0
+    # The network's own soft mask over the band: the answer wherever the
+    # closed-form matte cannot be had.
+    network = np.where(tri[box] == 128, mask[box] / 255.0, sub_tri)
     if not ((sub_tri == 1).any() and (sub_tri == 0).any()):
         # Without both a sure foreground and a sure background the matte has
-        # nothing to anchor it; the network's own soft mask is the best answer.
-        sub_alpha = np.where(tri[box] == 128, mask[box] / 255.0, sub_tri)
+        # nothing to anchor it.
+        sub_alpha = network
     else:
         cg_kwargs = {"rtol": _CG_RTOL}
         is_unknown = tri[box].ravel() == 128
@@ -183,9 +184,8 @@ def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
                 img, sub_tri, cg_kwargs=cg_kwargs,
                 preconditioner=memory.preconditioner if memory else None)
         except ValueError:
-            # The preconditioner can fail outright on some trimaps (rembg falls
-            # back too); the network's soft mask is then the answer for the band.
-            sub_alpha = np.where(tri[box] == 128, mask[box] / 255.0, sub_tri)
+            # The preconditioner can fail outright on some trimaps (rembg falls back too).
+            sub_alpha = network
     with _FOREGROUND_LOCK:
         fg, bg = estimate_foreground_ml(img, sub_alpha, return_background=True)
     alpha[box] = sub_alpha
@@ -209,14 +209,11 @@ def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions,
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     small_rgb = _resize(rgb, small, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
     small_mask = _resize(mask, small)
-    tri = trimap(small_mask, opts)
-    if memory is None:
-        alpha_s, delta_s = solve(small_rgb, tri, small_mask)
-    else:
-        initial = memory.alpha
-        if initial is not None and initial.shape != small_mask.shape:
-            initial = None
-        alpha_s, delta_s = solve(small_rgb, tri, small_mask, initial, memory)
+    initial = memory.alpha if memory is not None else None
+    if initial is not None and initial.shape != small_mask.shape:
+        initial = None
+    alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask, initial, memory)
+    if memory is not None:
         memory.alpha = alpha_s
     alpha = np.clip(_resize_float(alpha_s, (w, h)), 0.0, 1.0)
     ys, xs = np.nonzero((alpha > 0.0) & (alpha < 1.0))

@@ -121,9 +121,11 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
             raise OutputError(f"{output_dir}: cannot write into the output folder: "
                               + ("read-only file system" if read_only else "permission denied"))
     # On a cluster each worker sizes and places its own sessions (bgrm.distributed).
-    workers = 1 if scheduler else jobs or batch.default_workers(job, len(files))
+    # One process by default: images run several files at once on its threads
+    # (batch.default_file_threads), video uses all cores per file.
+    workers = 1 if scheduler else jobs or 1
     # Files at once in this process; --jobs N means N processes, one file each.
-    matting = getattr(getattr(opts, "matting", None), "enabled", False)
+    matting = opts.matting.enabled
     file_threads = 1 if scheduler or jobs else batch.default_file_threads(job, files, matting)
     if not scheduler:
         at_once = max(1, min(workers * file_threads, len(files) or 1))

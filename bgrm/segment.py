@@ -126,8 +126,9 @@ class Segmenter:
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """RGB image -> the model's input tensor (1, 3, H, W)."""
-        small = image.convert("RGB").resize(self.size, Image.Resampling.LANCZOS,
-                                            reducing_gap=3.0)
+        if image.mode != "RGB":
+            image = image.convert("RGB")  # (convert would copy even an RGB frame)
+        small = image.resize(self.size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         arr = np.asarray(small, dtype=np.float32)
         arr /= max(float(arr.max()), 1e-6)
         arr = (arr - self.mean) / self.std
@@ -142,8 +143,13 @@ class Segmenter:
 
     def mask(self, image: Image.Image) -> Image.Image:
         """RGB image -> mask ('L') at the image's full size."""
-        small = Image.fromarray(self.predict(self.prepare(image)), mode="L")
-        return small.resize(image.size, Image.Resampling.LANCZOS)
+        return Image.fromarray(upscale(self.predict(self.prepare(image)), image.size))
+
+
+def upscale(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A model-size mask (uint8) -> ``size`` (w, h), with rembg's Lanczos step;
+    images and video frames both come through here, so their masks agree."""
+    return np.asarray(Image.fromarray(small).resize(size, Image.Resampling.LANCZOS))
 
 
 _CACHE: dict[tuple, Segmenter] = {}

@@ -22,6 +22,7 @@ from bgrm import compose
 from bgrm.errors import InputError
 from bgrm.options import VideoOptions
 from bgrm.outputs import atomic_path
+from bgrm.segment import upscale
 from bgrm.video.formats import FORMATS, Format
 from bgrm.video.reader import Frame, VideoReader
 from bgrm.video.stages import run_stages
@@ -221,8 +222,7 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
         frame = work.frame
         small = mask_filter(work.small, frame)
         h, w = frame.rgb.shape[:2]
-        # The same Lanczos step as Segmenter.mask, so video masks match image masks.
-        mask = np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.LANCZOS))
+        mask = upscale(small, (w, h))
         if matting is not None:
             # Frames are matted side by side; encode() takes them back in order.
             # The queue after this step (two items) bounds the frames in flight.

@@ -34,10 +34,12 @@ _LINE = re.compile(r"^(?:\[([^\]]*) @ 0x[0-9a-f]+\] )?\[(\w+)\] ?(.*)$")
 _END = object()
 
 
-def ffmpeg_exe() -> str:
+def ffmpeg(loglevel: str) -> list[str]:
+    """The bundled ffmpeg, quiet but for ``loglevel`` lines, never reading the terminal."""
     import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats",
+            "-loglevel", loglevel]
 
 
 def split_line(line: str) -> tuple[str, str, str]:
@@ -97,8 +99,7 @@ class VideoReader:
             filters += [f"scale={w}:{h}:force_original_aspect_ratio=increase:flags=lanczos",
                         f"crop={w}:{h}", "setsar=1"]
         filters.append("showinfo=checksum=0")
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info",
-               "-i", str(self.path), "-map", "0:V:0", "-an", "-sn", "-dn",
+        cmd = [*ffmpeg("level+info"), "-i", str(self.path), "-map", "0:V:0", "-an", "-sn", "-dn",
                "-fps_mode", "passthrough", "-vf", ",".join(filters)]
         if limit is not None:
             cmd += ["-frames:v", str(limit)]

@@ -25,7 +25,7 @@ import numpy as np
 
 from bgrm.errors import OutputError
 from bgrm.video.formats import Format
-from bgrm.video.reader import ffmpeg_exe, first_error, split_line
+from bgrm.video.reader import ffmpeg, first_error, split_line
 
 # Matroska ticks of 0.1 ms: fine enough for any real frame rate, and the
 # resulting 1/10000 time base suits mp4, mov and gif alike.
@@ -92,8 +92,7 @@ class VideoWriter:
         self._last_ticks = -1
         self._last_step = 1 / float(rate) if rate else None
         self.end = 0.0  # seconds: where the last frame stops showing
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error",
-               "-y", "-f", "matroska", "-i", "pipe:0", "-map", "0:v:0",
+        cmd = [*ffmpeg("level+error"), "-y", "-f", "matroska", "-i", "pipe:0", "-map", "0:v:0",
                "-vf", f"{fmt.filter},setsar={sar.numerator}/{sar.denominator}",
                "-fps_mode", "passthrough", *fmt.video_args, "-map_metadata", "-1",
                "-f", fmt.muxer, str(path)]
@@ -159,8 +158,7 @@ def add_audio(video: Path, src: Path, dst: Path, fmt: Format, seconds: float, na
               target: Path) -> None:
     """``video`` plus the first ``seconds`` of ``src``'s audio -> ``dst``; the picture
     is copied untouched, so its frames and timing stay exactly as encoded."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+error",
-           "-y", "-i", str(video), "-t", f"{seconds:.6f}", "-vn", "-sn", "-dn", "-i", str(src),
+    cmd = [*ffmpeg("level+error"), "-y", "-i", str(video), "-t", f"{seconds:.6f}", "-vn", "-sn", "-dn", "-i", str(src),
            "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", *fmt.audio_args,
            *(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
            "-f", fmt.muxer, str(dst)]
