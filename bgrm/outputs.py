@@ -7,6 +7,7 @@ import errno
 import os
 import re
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from bgrm.errors import OutputError
@@ -41,9 +42,10 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     is left as it was.
     """
     tmp = tmp_name(dst)
+    held = _HOLD.get()
     try:
         yield tmp
-        os.replace(tmp, dst)
+        os.replace(tmp, held[1] if held and held[0] == dst else dst)
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
     finally:
@@ -51,6 +53,37 @@ def atomic_path(dst: Path) -> Iterator[Path]:
         # folder the unlink fails too, and must not hide the real error.
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+# (output, where to put it instead): set while an executor runs a file whose
+# output it renames into place itself, once it has the file's result in hand.
+_HOLD: ContextVar[tuple[Path, Path] | None] = ContextVar("bgrm_hold", default=None)
+
+
+def held_name(dst: Path, token: str) -> Path:
+    """Where a finished output waits for ``commit``: hidden, marked as bgrm's own
+    temporary, unique to one run (``token``) and one input."""
+    return dst.with_name(f".{dst.stem}{TMP_MARK}held-{token}{dst.suffix}")
+
+
+@contextlib.contextmanager
+def holding(dst: Path, held: Path) -> Iterator[None]:
+    """While inside, ``atomic_path(dst)`` renames the finished file onto ``held``."""
+    reset = _HOLD.set((dst, held))
+    try:
+        yield
+    finally:
+        _HOLD.reset(reset)
+
+
+def commit(held: Path, dst: Path) -> None:
+    """Move a held output into place (atomically: same folder)."""
+    try:
+        os.replace(held, dst)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            held.unlink()
+        raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
 
 
 def remove_leftovers(folders, pid: int) -> None:

@@ -6,6 +6,7 @@ the CLI runs in a subprocess and connects to it as a user's would.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bgrm.distributed import PLUGIN_NAME
 from bgrm.models import ASSETS
+from bgrm.run.cluster import PLUGIN_NAME
 
 PHOTOS = ["astronaut.png", "chelsea.png", "rocket.jpg"]
 
@@ -133,8 +134,8 @@ def test_custom_model_path_is_used_as_given(bgrm, fixtures, tmp_path, cluster):
     def session(dask_worker):
         """The session a task on this worker would use for the custom model."""
         from bgrm import segment
-        from bgrm.batch import Runtime
         from bgrm.models import resolve
+        from bgrm.run import Runtime
 
         runtime = dask_worker.plugins[PLUGIN_NAME].runtime(Runtime(resolve(str(custom))))
         found = segment.get_segmenter(runtime.model, runtime.device, runtime.threads)
@@ -200,6 +201,60 @@ def test_bad_or_unreachable_scheduler(bgrm, fixtures, tmp_path):
     assert b"Traceback" not in down.stderr
 
 
+def test_hung_task_times_out_alone_and_its_worker_is_restarted(bgrm, fixtures, tmp_path,
+                                                                cluster):
+    address, client = cluster
+
+    def hang_on(dask_worker):
+        """On each worker: decoding an image named "hang..." never ends."""
+        import time
+
+        import bgrm.image
+
+        real = bgrm.image.decode
+
+        def decode(data, name):
+            if "hang" in str(name):
+                time.sleep(3600)
+            return real(data, name)
+
+        bgrm.image.decode = decode
+        return os.getpid()
+
+    pids = set(client.run(hang_on).values())
+    try:
+        for name in ("a.png", "hang.png", "c.png"):
+            shutil.copy(fixtures / "chelsea.png", tmp_path / name)
+        out = tmp_path / "out"
+        proc = bgrm("image", tmp_path / "a.png", tmp_path / "hang.png", tmp_path / "c.png",
+                    "-o", out, "--model", "u2netp", "--json", "--timeout", "5",
+                    "--scheduler", address)
+        assert proc.returncode == 1, proc.stderr.decode()
+        report = json.loads(proc.stdout)
+        assert [f["filename"] for f in report["failed"]] == ["hang.png"]
+        assert "stopped after --timeout 5 s" in report["failed"][0]["error"]
+        assert sorted(p.name for p in out.iterdir()) == ["a_processed.png", "c_processed.png"]
+        # The worker that hung was replaced by its nanny.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                now = set(client.run(os.getpid).values())
+                if len(now) == 2 and now != pids:
+                    break
+            time.sleep(0.5)
+        assert len(now) == 2 and now != pids
+    finally:
+        def unhook(dask_worker):
+            import importlib
+
+            import bgrm.image
+
+            importlib.reload(bgrm.image)
+
+        client.wait_for_workers(2, timeout=60)
+        client.run(unhook)
+
+
 def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, fixtures):
     """SIGKILL the worker that is writing an output: Dask runs the file again
     elsewhere, the output is whole, and the dead attempt's temporary is gone.
@@ -224,9 +279,9 @@ def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, f
     deadline = time.monotonic() + 120
     while proc.poll() is None and interrupted is None and time.monotonic() < deadline:
         for tmp in out.glob(".big_processed.bgrm-tmp-*.png") if out.is_dir() else ():
-            pid = int(tmp.name.split("bgrm-tmp-")[1].split(".")[0])
-            if pid in pids:  # only ever a worker of this test's cluster
-                os.kill(pid, signal.SIGKILL)
+            pid = tmp.name.split("bgrm-tmp-")[1].split(".")[0]
+            if pid.isdigit() and int(pid) in pids:  # a worker of this test's cluster
+                os.kill(int(pid), signal.SIGKILL)
                 interrupted = tmp
                 break
         time.sleep(0.005)

@@ -1,0 +1,184 @@
+"""One command run: check the inputs, plan the run, hand the tasks to an executor,
+tell the user (progress bar, one line per failed file, --json) and give the exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bgrm import batch
+from bgrm.api import JOBS, Session
+from bgrm.errors import ExitStatus, OutputError, ParameterError
+from bgrm.models import ResolvedModel, resolve
+from bgrm.outputs import describe_os_error
+from bgrm.report import Result, api_results, exit_status
+from bgrm.run import Executor, Listener, Runtime, Task, executor_for
+from bgrm.stdio import stdout_to_stderr
+
+
+def _say(message: str) -> None:
+    click.echo(f"bgrm: {message}", err=True)
+
+
+def _check_background(opts) -> None:
+    """Read --bg-image once, up front: a bad one is one usage error, not one per file."""
+    from bgrm.errors import InputError
+    from bgrm.image import load_background
+
+    try:
+        load_background(opts.bg_image)
+    except InputError as exc:
+        raise ParameterError(f"--bg-image {exc}") from exc
+
+
+def _stdin_image(opts, model: ResolvedModel, device, threads) -> ExitStatus:
+    """``bgrm image -``: bytes on stdin, PNG on stdout."""
+    from bgrm.image import encode_png
+
+    if sys.stdout.isatty():
+        raise ParameterError("-: refusing to write a PNG to a terminal; redirect stdout")
+    if sys.stdin.isatty():
+        raise ParameterError("-: standard input is a terminal; pipe an image in "
+                             "(cat photo.jpg | bgrm image - > out.png)")
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise ParameterError("-: nothing on standard input")
+    with stdout_to_stderr():
+        picture, notes = Session(model, device=device, threads=threads).cut(data, opts,
+                                                                            "<stdin>")
+        for note in notes:
+            _say(note)
+    encode_png(picture, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return ExitStatus.OK
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{output_dir}: cannot create the output folder: "
+                          f"{describe_os_error(exc)}") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        # One clear error now, not the same one after every file's work.
+        read_only = os.statvfs(output_dir).f_flag & os.ST_RDONLY
+        raise OutputError(f"{output_dir}: cannot write into the output folder: "
+                          + ("read-only file system" if read_only else "permission denied"))
+
+
+def _plan(job: str, opts, model: ResolvedModel, files: list[Path], *, processes, device,
+          threads, skip_existing, show_traceback, scheduler, timeout
+          ) -> tuple[Runtime, Executor]:
+    """How the model runs for every file, and which executor runs the files."""
+    # On a cluster each worker sizes and places its own sessions (run.cluster).
+    # One process by default: images run several files at once on its threads
+    # (batch.default_file_threads), video uses all cores per file.
+    workers = 1 if scheduler else processes or 1
+    matting = opts.matting.enabled
+    file_threads = 1 if scheduler or processes else \
+        batch.default_file_threads(job, files, matting)
+    if not scheduler:
+        at_once = max(1, min(workers * file_threads, len(files) or 1))
+        threads = threads or max(1, (os.cpu_count() or 1) // at_once)
+    # The one place that decides onnxruntime's spinning for a run (the preload
+    # below, run_task and run.cluster all read runtime.spinning, so one session
+    # is made). Video overlaps decode, inference, masks and encode on threads,
+    # where spinning only steals their cores (README, Speed).
+    runtime = Runtime(model, device, threads, skip_existing, show_traceback,
+                      spinning=not matting and job == "image")
+    if device == "cuda" and workers > 1 and not model.custom:
+        from bgrm.segment import check_device
+
+        check_device(device)  # one clear error, not the same one for every file
+    if (workers <= 1 and not scheduler) or model.custom:
+        # Load (and so check) the model before the first file: a wrong graph
+        # is one clear error, not one per file.
+        Session(model, device="cpu" if scheduler else device, threads=threads,
+                spinning=runtime.spinning)
+    executor = executor_for(len(files), processes=workers, file_threads=file_threads,
+                            timeout=timeout, scheduler=scheduler, say=_say)
+    return runtime, executor
+
+
+class _Console(Listener):
+    """The progress bar on stderr, and each file's notes and failure, in input order."""
+
+    def __init__(self, job: str, count: int, show_bar: bool, show_traceback: bool):
+        self.job, self.show_traceback, self.bar = job, show_traceback, None
+        if show_bar and count:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=count if job == "image" else None,
+                            unit="file" if job == "image" else "frame",
+                            file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def progress(self, index: int, n: int) -> None:
+        # Images count whole files, failed and skipped ones too (in finished).
+        if self.bar is not None and self.job != "image":
+            self.bar.update(n)
+
+    def finished(self, index: int, result: Result) -> None:
+        if self.bar is not None and self.job == "image":
+            self.bar.update(1)
+
+    def result(self, index: int, result: Result) -> None:
+        printer = self.bar.write if self.bar is not None else (lambda m: click.echo(m, err=True))
+        for note in result.notes:
+            printer(f"bgrm: {note}")
+        if not result.ok:
+            if self.show_traceback and result.traceback:
+                printer(result.traceback.rstrip())
+            printer(f"bgrm: {result.error}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, device, threads,
+                skip_existing, as_json, progress, show_traceback, scheduler, timeout=None
+                ) -> ExitStatus:
+    inputs = list(inputs)
+    if "-" in inputs:
+        if job != "image" or len(inputs) > 1 or as_json or scheduler:
+            raise ParameterError("- (stdin) works for `bgrm image` with a single input "
+                                 "and without --json or --scheduler")
+        if output_dir is not None:
+            raise ParameterError("- (stdin) writes its PNG to stdout; -o/--output-dir "
+                                 "does not apply")
+        if opts.bg_type == "image":
+            _check_background(opts)
+        return _stdin_image(opts, resolve(opts.model), device, threads)
+    if job == "image" and opts.bg_type == "image":
+        _check_background(opts)
+    model = resolve(opts.model)
+    entries = batch.expand(inputs, job, recursive, warn=_say)
+    files = [e for e in entries if isinstance(e, Path)]
+    if output_dir is not None:
+        _check_output_dir(output_dir)
+    runtime, executor = _plan(job, opts, model, files, processes=processes, device=device,
+                              threads=threads, skip_existing=skip_existing,
+                              show_traceback=show_traceback, scheduler=scheduler,
+                              timeout=timeout)
+    dsts = batch.name_outputs(files, output_dir, JOBS[job].output_extension(opts))
+    tasks = [Task(job, src, dst, str(src), opts, runtime)
+             for src, dst in zip(files, dsts, strict=True)]
+    for entry in entries:
+        if isinstance(entry, Result):
+            _say(entry.error)
+    console = _Console(job, len(tasks), sys.stderr.isatty() if progress is None else progress,
+                       show_traceback)
+    try:
+        with stdout_to_stderr():
+            results = executor.run(tasks, console) if tasks else []
+    finally:
+        console.close()
+    done = iter(results)
+    results = [entry if isinstance(entry, Result) else next(done) for entry in entries]
+    if as_json:
+        click.echo(json.dumps(api_results(results), indent=2))
+    return exit_status(results)
