@@ -90,6 +90,7 @@ class Session:
     a path to an ``.onnx`` file; ``None`` means u2net when installed, otherwise
     the bundled u2netp (with a warning).
 
+    >>> from PIL import Image
     >>> session = bgrm.Session("u2netp")
     >>> masks = [session.remove(Image.open(p), only_mask=True) for p in (photo, photo)]
     >>> [m.mode for m in masks]
@@ -127,6 +128,7 @@ class Session:
         ``params`` are the API's video parameters (``video_format`` ...);
         ``dst`` should carry the format's extension.
 
+        >>> session = bgrm.Session("u2netp")
         >>> notes = session.remove_video(clip, tmp / "clip.gif", video_format="gif",
         ...                              frame_limit=3)
         >>> (tmp / "clip.gif").read_bytes()[:6]
@@ -192,6 +194,7 @@ def remove(image: Image.Image | bytes | np.ndarray, **params: Any):
     >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
     True
     >>> import numpy as np
+    >>> from PIL import Image
     >>> bgrm.remove(np.asarray(Image.open(photo)), only_mask=True).shape
     (300, 451)
     """

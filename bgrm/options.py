@@ -128,7 +128,6 @@ class Param:
         raise AssertionError(self.kind)
 
 
-_MATTING = ("image", "video")
 PARAMS: tuple[Param, ...] = (
     Param("model", "model", None,
           "u2net, u2net_human_seg, u2netp, or a path to a U^2-Net-shaped .onnx "

@@ -170,7 +170,7 @@ def _composer(opts: VideoOptions, fmt: Format, background) -> Callable:
             alpha, fg = matte(rgb, mask, opts.matting, memory)
         if fmt.compose == "cutout":
             return compose.cutout(fg, alpha)
-        if fmt.compose == "matte":
+        if fmt.compose == "mattekey":
             return compose.matte_key(alpha)
         size = (rgb.shape[1], rgb.shape[0])
         return compose.over(fg, alpha, background(size))
