@@ -15,6 +15,7 @@ import time
 import pytest
 from procs import TESTS, TMP_MARK, _names, assert_no_orphans, finished_outputs, start
 
+from bgrm.api import Session
 from bgrm.options import ImageOptions
 from bgrm.report import Result
 from bgrm.run import Listener, Runtime, Task
@@ -97,6 +98,7 @@ def _tasks(tmp_path, fixtures, names, **runtime) -> list[Task]:
     from bgrm.models import resolve
 
     rt = Runtime(resolve("u2netp"), "cpu", 1, **runtime)
+    Session(rt.model, device=rt.device, threads=rt.threads)  # loaded before any clock runs
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     tasks = []
@@ -114,11 +116,12 @@ def test_hung_file_times_out_alone_and_is_never_written(tmp_path, fixtures, mode
     from bgrm.run.local import Inline, Threads
 
     tasks = _tasks(tmp_path, fixtures, ["a.png", "hang.png", "c.png", "d.png"])
-    executor = Inline(timeout=1.0) if kind == "inline" else Threads(2, timeout=1.0)
+    # A file takes well under a second here; 5 s leaves room for a loaded machine.
+    executor = Inline(timeout=5) if kind == "inline" else Threads(2, timeout=5)
     heard = _Heard()
     results = executor.run(tasks, heard)
     assert [r.ok for r in results] == [True, False, True, True]
-    assert results[1].error == (f"{tasks[1].src}: stopped after --timeout 1 s "
+    assert results[1].error == (f"{tasks[1].src}: stopped after --timeout 5 s "
                                 "(hung or too slow)")
     assert heard.order == [0, 1, 2, 3]  # told in input order, whatever finished first
     assert heard.units == 3  # one per image written
@@ -177,14 +180,14 @@ def test_cli_timeout_fails_the_hung_file_alone(tmp_path, env, fixtures, jobs):
         shutil.copy(fixtures / "chelsea.png", folder / name)
     out = tmp_path / "out"
     proc = start(hook_env, "image", folder / "a.png", folder / "hang.png", folder / "c.png",
-                 "-o", out, "--timeout", "5", "--json", *jobs)
+                 "-o", out, "--timeout", "10", "--json", *jobs)
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err.decode()
     assert b"Traceback" not in err
     report = json.loads(stdout)
     assert [f["filename"] for f in report["failed"]] == ["hang.png"]
     assert report["failed"][0]["error"].startswith(
-        f"{folder / 'hang.png'}: stopped after --timeout 5 s (hung or too slow)")
+        f"{folder / 'hang.png'}: stopped after --timeout 10 s (hung or too slow)")
     assert sorted(finished_outputs(out)) == ["a_processed.png", "c_processed.png"]
     assert_no_orphans(proc.pid)  # the hung worker was stopped, not left behind
     assert (out / "a_processed.png").read_bytes() == (out / "c_processed.png").read_bytes()

@@ -66,108 +66,124 @@ class Processes(Executor):
                  on_death: Callable[[Any, int | None], Any] = died):
         super().__init__(width, timeout)
         self.fn, self.on_death = fn, on_death
-        self._busy: dict = {}  # conn -> (process, index)
+        self._pool: _Pool | None = None
 
     def execute(self, items: list[tuple[int, Any]], emit: Emit) -> None:
-        ctx = _context()
-        tasks = dict(items)
-        pending = [i for i, _ in items][::-1]
-        busy = self._busy
-        idle: list = []
-        started: dict[int, float] = {}  # index -> when its worker said it began
-        tries: dict[int, int] = {}  # index -> workers that died holding it
-
-        def start_worker() -> None:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, self.fn), daemon=True)
-            proc.start()
-            child.close()
-            assign(parent, proc)
-
-        def assign(conn, proc) -> None:
-            index = pending.pop()
-            busy[conn] = (proc, index)
-            # A worker dead already: its pipe reads EOF, and the loop hands the task on.
-            with contextlib.suppress(OSError):
-                conn.send((index, tasks[index]))
-
-        def lost(conn, proc, index: int, result) -> None:
-            """A worker ended holding ``index``: report it (or retry it), replace the worker."""
-            del busy[conn]
-            self.dead_pids.add(proc.pid)
-            started.pop(index, None)
-            if result is not None:
-                emit(Done(index, result))
-            if pending:
-                start_worker()
-
+        self._pool = pool = _Pool(self, dict(items), emit)
         try:
             for _ in range(min(self.width, len(items))):
-                start_worker()
-            while busy:
-                wait_s = None
-                if self.timeout and started:
-                    wait_s = max(0.0, min(started.values()) + self.timeout - time.monotonic())
-                sentinels = {proc.sentinel: conn for conn, (proc, _) in busy.items()}
-                ready = wait(list(busy) + list(sentinels), timeout=wait_s)
-                if not ready:
-                    for conn, (proc, index) in list(busy.items()):
-                        if index in started and \
-                                time.monotonic() - started[index] >= self.timeout:
-                            _end(proc, grace=2)
-                            lost(conn, proc, index, timed_out(
-                                tasks[index], self.timeout, "; its worker was replaced"))
-                    continue
-                for obj in ready:
-                    conn = obj if obj in busy else sentinels.get(obj)
-                    if conn not in busy:
-                        continue
-                    proc, index = busy[conn]
-                    try:
-                        # A worker that died leaves its pipe readable (EOF) as well.
-                        if not conn.poll():
-                            if proc.is_alive():
-                                continue
-                            raise EOFError
-                        kind, i, payload = conn.recv()
-                    except (EOFError, OSError):
-                        _reap(proc)
-                        tries[index] = tries.get(index, 0) + 1
-                        if index not in started and tries[index] < 3:
-                            # It died between two files, before it began this one:
-                            # the file is not to blame; a fresh worker takes it.
-                            pending.append(index)
-                            lost(conn, proc, index, None)
-                        else:
-                            lost(conn, proc, index, self.on_death(tasks[index], proc.exitcode))
-                        continue
-                    if kind == "started":
-                        started[i] = time.monotonic()
-                    elif kind == "progress":
-                        emit(Progress(i, payload))
-                    else:
-                        started.pop(i, None)
-                        del busy[conn]
-                        emit(Done(i, payload))
-                        if pending:
-                            assign(conn, proc)
-                        else:
-                            with contextlib.suppress(OSError):  # it may have died since
-                                conn.send(None)
-                            idle.append(proc)
+                pool.start_worker()
+            while pool.busy:
+                pool.step()
         finally:
-            for proc in idle:
+            for proc in pool.idle:
                 proc.join(timeout=5)
 
     def stop(self) -> None:
         """Stop every busy worker (SIGTERM unwinds it: temporaries removed) and wait."""
-        workers = [proc for proc, _ in self._busy.values()]
+        workers = [proc for proc, _ in self._pool.busy.values()] if self._pool else []
         for proc in workers:
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGTERM)
         for proc in workers:
             _end(proc, grace=10)
             self.dead_pids.add(proc.pid)
+
+
+class _Pool:
+    """The workers of one ``Processes.execute``: who holds which task, since when."""
+
+    def __init__(self, executor: Processes, tasks: dict, emit: Emit):
+        self.executor, self.tasks, self.emit = executor, tasks, emit
+        self.ctx = _context()
+        self.pending = list(tasks)[::-1]
+        self.busy: dict = {}  # conn -> (process, index)
+        self.idle: list = []
+        self.started: dict[int, float] = {}  # index -> when its worker said it began
+        self.tries: dict[int, int] = {}  # index -> workers that died holding it
+
+    def start_worker(self) -> None:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker, args=(child, self.executor.fn), daemon=True)
+        proc.start()
+        child.close()
+        self.assign(parent, proc)
+
+    def assign(self, conn, proc) -> None:
+        index = self.pending.pop()
+        self.busy[conn] = (proc, index)
+        # A worker dead already: its pipe reads EOF, and step() hands the task on.
+        with contextlib.suppress(OSError):
+            conn.send((index, self.tasks[index]))
+
+    def lost(self, conn, proc, index: int, result) -> None:
+        """A worker ended holding ``index``: report it (unless retried), replace the worker."""
+        del self.busy[conn]
+        self.executor.dead_pids.add(proc.pid)
+        self.started.pop(index, None)
+        if result is not None:
+            self.emit(Done(index, result))
+        if self.pending:
+            self.start_worker()
+
+    def step(self) -> None:
+        """Sleep until a worker speaks or ends, or a --timeout falls due; handle it."""
+        timeout = self.executor.timeout
+        wait_s = None
+        if timeout and self.started:
+            wait_s = max(0.0, min(self.started.values()) + timeout - time.monotonic())
+        sentinels = {proc.sentinel: conn for conn, (proc, _) in self.busy.items()}
+        ready = wait(list(self.busy) + list(sentinels), timeout=wait_s)
+        if not ready:
+            self.expire()
+        for obj in ready:
+            conn = obj if obj in self.busy else sentinels.get(obj)
+            if conn in self.busy:
+                self.read(conn)
+
+    def expire(self) -> None:
+        timeout = self.executor.timeout
+        for conn, (proc, index) in list(self.busy.items()):
+            if index in self.started and time.monotonic() - self.started[index] >= timeout:
+                _end(proc, grace=2)
+                self.lost(conn, proc, index, timed_out(self.tasks[index], timeout,
+                                                       "; its worker was replaced"))
+
+    def read(self, conn) -> None:
+        proc, index = self.busy[conn]
+        try:
+            # A worker that died leaves its pipe readable (EOF) as well.
+            if not conn.poll():
+                if proc.is_alive():
+                    return
+                raise EOFError
+            kind, i, payload = conn.recv()
+        except (EOFError, OSError):
+            _reap(proc)
+            self.tries[index] = self.tries.get(index, 0) + 1
+            if index not in self.started and self.tries[index] < 3:
+                # It died between two files, before it began this one: the file
+                # is not to blame; a fresh worker takes it.
+                self.pending.append(index)
+                self.lost(conn, proc, index, None)
+            else:
+                self.lost(conn, proc, index, self.executor.on_death(self.tasks[index],
+                                                                    proc.exitcode))
+            return
+        if kind == "started":
+            self.started[i] = time.monotonic()
+        elif kind == "progress":
+            self.emit(Progress(i, payload))
+        else:
+            self.started.pop(i, None)
+            del self.busy[conn]
+            self.emit(Done(i, payload))
+            if self.pending:
+                self.assign(conn, proc)
+            else:
+                with contextlib.suppress(OSError):  # it may have died since
+                    conn.send(None)
+                self.idle.append(proc)
 
 
 def _end(proc, grace: float) -> None:
