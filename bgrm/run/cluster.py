@@ -111,7 +111,7 @@ class ModelCache(WorkerPlugin):
                 _forget(segment, str(model.path))  # replaced on disk since it was loaded
             self._stamps[str(model.path)] = stamp
             with contextlib.suppress(Exception):
-                # Errors are left to run_job, which reports them as a local run does.
+                # Errors are left to run_task, which reports them as a local run does.
                 get_segmenter(model, runtime.device, threads, runtime.spinning)
         return runtime
 

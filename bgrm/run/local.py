@@ -37,13 +37,15 @@ class Inline(Executor):
             previous = signal.signal(signal.SIGALRM, _alarm)
             signal.setitimer(signal.ITIMER_REAL, self.timeout)
             try:
-                result = run_task(task, progress)
+                try:
+                    result = run_task(task, progress)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
             except _TimedOut:
                 # Unwound like Ctrl-C; what it left half-written is removed now.
                 remove_leftovers({task.dst.parent}, os.getpid())
                 result = timed_out(task, self.timeout)
             finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
             emit(Done(index, result))
 
