@@ -42,10 +42,9 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     is left as it was.
     """
     tmp = tmp_name(dst)
-    held = _HOLD.get()
     try:
         yield tmp
-        os.replace(tmp, held[1] if held and held[0] == dst else dst)
+        os.replace(tmp, final_path(dst))
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
     finally:
@@ -64,6 +63,13 @@ def held_name(dst: Path, token: str) -> Path:
     """Where a finished output waits for ``commit``: hidden, marked as bgrm's own
     temporary, unique to one run (``token``) and one input."""
     return dst.with_name(f".{dst.stem}{TMP_MARK}held-{token}{dst.suffix}")
+
+
+def final_path(dst: Path) -> Path:
+    """Where a finished output is renamed to: ``dst``, or its held name while an
+    executor holds it (``holding``). Every writer of outputs renames through this."""
+    held = _HOLD.get()
+    return held[1] if held and held[0] == dst else dst
 
 
 @contextlib.contextmanager

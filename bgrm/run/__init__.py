@@ -18,6 +18,7 @@ share is here, once, in ``Executor.run``:
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 import traceback
@@ -200,6 +201,8 @@ class Executor(ABC):
         workers that ended without removing their own."""
         for task, result in zip(tasks, results, strict=True):
             if result is None or not result.ok:
+                if task.held.is_dir():  # an output that is a folder of files
+                    shutil.rmtree(task.held, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     task.held.unlink()
         folders = {t.dst.parent for t in tasks}
