@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
@@ -83,9 +84,19 @@ def holding(dst: Path, held: Path) -> Iterator[None]:
 
 
 def commit(held: Path, dst: Path) -> None:
-    """Move a held output into place (atomically: same folder)."""
+    """Move a held output into place (atomically: same folder).
+
+    A folder output (a sequence of files) replaces an earlier folder whole:
+    that one is moved aside first and removed after.
+    """
     try:
-        os.replace(held, dst)
+        if held.is_dir() and dst.is_dir() and not dst.is_symlink():
+            old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
+            os.rename(dst, old)
+            os.rename(held, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(held, dst)
     except OSError as exc:
         with contextlib.suppress(OSError):
             held.unlink()

@@ -206,3 +206,25 @@ def test_executor_module_holds_no_cli():
                          check=True, timeout=60).stdout
     assert out.strip() == "False"
 
+
+
+def test_held_outputs_are_moved_into_place_files_and_folders(tmp_path):
+    from bgrm.outputs import atomic_path, commit, held_name, holding
+
+    dst = tmp_path / "x_processed.png"
+    held = held_name(dst, "run-0")
+    with holding(dst, held), atomic_path(dst) as tmp:
+        tmp.write_bytes(b"picture")
+    assert not dst.exists() and held.read_bytes() == b"picture"  # waiting for its result
+    commit(held, dst)
+    assert dst.read_bytes() == b"picture" and not held.exists()
+    # A folder output replaces an earlier run's folder whole.
+    folder = tmp_path / "clip_processed"
+    (folder).mkdir()
+    (folder / "old_000001.png").write_bytes(b"old")
+    held = held_name(folder, "run-1")
+    held.mkdir()
+    (held / "new_000001.png").write_bytes(b"new")
+    commit(held, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["new_000001.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_processed", "x_processed.png"]
