@@ -144,7 +144,8 @@ def cli():
 def image(ctx, **kwargs):
     """Remove the background from images: files, folders, or - for stdin.
 
-    Each INPUT gives <stem>_processed.png beside it (or in --output-dir).
+    Each INPUT gives <stem>_processed.png (or .webp, .jpg: --format) beside it
+    (or in --output-dir).
     """
     from bgrm.run import run_command
 
@@ -155,7 +156,7 @@ def image(ctx, **kwargs):
 @job_options("video")
 @click.pass_context
 def video(ctx, **kwargs):
-    """Remove the background from videos, in one of seven output formats.
+    """Remove the background from videos, in one of nine output formats.
 
     Each INPUT gives <stem>_processed.<ext> beside it (or in --output-dir).
     """

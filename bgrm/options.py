@@ -27,7 +27,10 @@ VIDEO_FORMATS = (
     "video_over_video",
     "gif_with_bg",
     "mp4_with_color",
+    "webm",
+    "png_sequence",
 )
+IMAGE_FORMATS = ("png", "webp", "jpg")
 CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremover"}
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
@@ -145,6 +148,9 @@ PARAMS: tuple[Param, ...] = (
           choices=BG_TYPES, jobs=("image",)),
     Param("bg_color_value", "color", (255, 255, 255), "Background colour for --bg-type color.",
           jobs=("image",)),
+    Param("format", "choice", "png", "Output encoding: png, webp (lossless, with alpha) or jpg "
+          "(opaque results only: --bg-type color or image).", choices=IMAGE_FORMATS,
+          jobs=("image",)),
     Param("video_format", "choice", "mov", "Output format.", choices=VIDEO_FORMATS,
           jobs=("video",)),
     Param("video_bg_color_enabled", "bool", False,
@@ -186,8 +192,14 @@ class ImageOptions:
     bg_type: str = "transparent"
     bg_color: tuple[int, int, int] = (255, 255, 255)
     bg_image: Path | None = None
+    format: str = "png"  # png | webp | jpg
 
     def __post_init__(self) -> None:
+        if self.format == "jpg" and self.bg_type == "transparent":
+            what = "a mask" if self.only_mask else "a transparent cut-out"
+            raise ParameterError(f"format (--format) jpg cannot hold {what}: JPEG has no "
+                                 "transparency; use --bg-type color or image, or --format "
+                                 "png or webp")
         if self.bg_type == "image" and self.bg_image is None:
             raise ParameterError("bg_type (--bg-type) image needs a picture: --bg-image PATH")
         if self.bg_image is not None and self.bg_type != "image":
@@ -269,6 +281,6 @@ def build(job: str, values: Mapping[str, Any]) -> ImageOptions | VideoOptions:
     if job == "image":
         return ImageOptions(**common, only_mask=bool(values["only_mask"]),
                             bg_type=values["bg_type"], bg_color=values["bg_color_value"],
-                            bg_image=values["bg_image"])
+                            bg_image=values["bg_image"], format=values["format"])
     fields = {f.name for f in dataclasses.fields(VideoOptions)} - {"model", "matting"}
     return VideoOptions(**common, **{k: values[k] for k in fields})

@@ -42,6 +42,8 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     """
     tmp = tmp_name(dst)
     try:
+        # A sub-folder of -o mirroring the input tree is made on first use.
+        dst.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, dst)
     except OSError as exc:

@@ -18,6 +18,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     traceback: str | None = None
     skipped: bool = False  # --skip-existing found the output already there
+    same_as: str | None = None  # the same file as this earlier input: processed once, there
 
     @property
     def ok(self) -> bool:
@@ -25,8 +26,13 @@ class Result:
 
 
 def api_results(results: list[Result]) -> dict:
-    """The hosted API's answer for a finished job, for ``--json``."""
-    return {
+    """The hosted API's answer for a finished job, for ``--json``.
+
+    Inputs that were the same file as an earlier one are listed under
+    ``duplicates`` with the output they share (when it was written).
+    """
+    made = {r.src: r.dst for r in results if r.ok and r.dst is not None}
+    answer = {
         "files": [{"url": str(r.dst), "filename": r.dst.name} for r in results
                   if r.ok and r.dst is not None],
         "failed": [{"filename": Path(r.src).name, "error": r.error} for r in results
@@ -35,6 +41,13 @@ def api_results(results: list[Result]) -> dict:
         "finished": True,
         "queue_count": 0,
     }
+    twice = [r for r in results if r.same_as is not None]
+    if twice:
+        answer["duplicates"] = [{"filename": Path(r.src).name, "input": r.src,
+                                 "same_as": r.same_as,
+                                 "url": str(made[r.same_as]) if r.same_as in made else None}
+                                for r in twice]
+    return answer
 
 
 def exit_status(results: list[Result]) -> ExitStatus:

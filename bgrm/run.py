@@ -57,7 +57,7 @@ def _check_background(opts) -> None:
 
 def output_extension(job: str, opts) -> str:
     if job == "image":
-        return "png"
+        return opts.format
     from bgrm.video.formats import FORMATS
 
     return FORMATS[opts.video_format].ext
@@ -68,8 +68,8 @@ def _say(message: str) -> None:
 
 
 def _stdin_image(opts, model, device, threads) -> ExitStatus:
-    """``bgrm image -``: bytes on stdin, PNG on stdout."""
-    from bgrm.image import decode, encode_png, render
+    """``bgrm image -``: bytes on stdin, the picture (PNG, or --format) on stdout."""
+    from bgrm.image import decode, encode, render
     from bgrm.segment import get_segmenter
 
     if sys.stdout.isatty():
@@ -85,7 +85,7 @@ def _stdin_image(opts, model, device, threads) -> ExitStatus:
         for note in decoded.notes:
             _say(note)
         picture = render(decoded, opts, get_segmenter(model, device, threads))
-    encode_png(picture, sys.stdout.buffer)
+    encode(picture, sys.stdout.buffer, opts.format, decoded.exif)
     sys.stdout.buffer.flush()
     return ExitStatus.OK
 
@@ -146,12 +146,13 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         from bgrm.segment import get_segmenter
 
         get_segmenter(model, "cpu" if scheduler else device, threads, runtime.spinning)
-    dsts = batch.name_outputs(files, output_dir, output_extension(job, opts))
+    dsts = batch.name_outputs(files, output_dir, output_extension(job, opts), inputs)
     jobs_list = [batch.Job(job, src, dst, str(src), opts, runtime)
                  for src, dst in zip(files, dsts, strict=True)]
     for entry in entries:
         if isinstance(entry, Result):
-            _say(entry.error)
+            for line in [entry.error] if entry.error else entry.notes:
+                _say(line)
 
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = None
