@@ -138,10 +138,11 @@ def name_outputs(files: list[Path], output_dir: Path | None, ext: str,
     for src in files:
         folder = src.parent if output_dir is None else output_dir / _place(src, folders)
         base = f"{src.stem}{SUFFIX}"
-        dst = folder / f"{base}.{ext}"
+        dot = f".{ext}" if ext else ""  # no extension: a folder (PNG sequence)
+        dst = folder / f"{base}{dot}"
         n = 2
         while dst.resolve() in taken or dst.resolve() in inputs:
-            dst = folder / f"{base}_{n}.{ext}"
+            dst = folder / f"{base}_{n}{dot}"
             n += 1
         taken.add(dst.resolve())
         names.append(dst)

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,16 +56,53 @@ def atomic_path(dst: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(dst: Path) -> Iterator[Path]:
+    """``atomic_path`` for a folder (a PNG sequence): filled under a hidden
+    temporary name, renamed onto ``dst`` only when complete.
+
+    An earlier ``dst`` folder is moved aside first and removed after, so
+    whatever is found at ``dst`` is always one whole run's output.
+    """
+    tmp = tmp_name(dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        yield tmp
+        if dst.is_dir() and not dst.is_symlink():
+            old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
+            os.rename(dst, old)
+            os.rename(tmp, dst)
+            remove_tmp(old)
+        else:
+            os.replace(tmp, dst)
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
+    finally:
+        remove_tmp(tmp)
+
+
+def remove_tmp(path: Path) -> None:
+    """Remove a temporary file or folder, quietly: it may be gone already."""
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def remove_leftovers(folders, pid: int) -> None:
-    """Remove temporary files a killed worker ``pid`` may have left in ``folders``."""
+    """Remove temporary files (and PNG-sequence folders) a killed worker ``pid``
+    may have left in ``folders``."""
     for folder in folders:
-        for path in Path(folder).glob(f".*{TMP_MARK}{pid}.*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
+        for pattern in (f".*{TMP_MARK}{pid}.*", f".*{TMP_MARK}{pid}"):
+            for path in Path(folder).glob(pattern):
+                remove_tmp(path)
 
 
-# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem.
-_OUTPUT_STEM = re.compile(re.escape(SUFFIX) + r"(_\d+)?$")
+# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem; the
+# frames of a PNG sequence add their number: <stem>_processed_2_000001.
+_OUTPUT_STEM = re.compile(re.escape(SUFFIX) + r"(_\d+){0,2}$")
 
 
 def is_output_name(path: Path) -> bool:

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageCms, features
-from videoclips import iou
+from videoclips import iou, make_clip, probe
 
 from bgrm import image
 from bgrm.models import REGISTRY, ResolvedModel, bundled_path
 from bgrm.options import ImageOptions
+from bgrm.outputs import TMP_MARK
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CAMERA = "bgrm test camera"
@@ -135,3 +141,98 @@ def test_format_from_params_and_on_stdout(bgrm, tmp_path):
                 input=(FIXTURES / "chelsea.png").read_bytes())
     assert proc.returncode == 0, proc.stderr.decode()
     assert Image.open(io.BytesIO(proc.stdout)).format == "JPEG"
+
+
+# -- video -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory) -> Path:
+    """12 frames of 160x96 at 12 fps with a 440 Hz tone."""
+    return make_clip(tmp_path_factory.mktemp("clips") / "talk.mp4", FIXTURES / "astronaut.png",
+                     audio=True)
+
+
+def _alpha(frames: np.ndarray) -> np.ndarray:
+    return frames[..., 3]
+
+
+def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(bgrm, talk, tmp_path):
+    out = tmp_path / "out"
+    proc = bgrm("video", talk, "--video-format", "webm", "--frame-limit", 8, "-o", out,
+                "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    webm = out / "talk_processed.webm"
+    assert json.loads(proc.stdout)["files"][0]["filename"] == webm.name
+    assert "vp9" in probe(webm).header and "opus" in probe(webm).header
+    seen = probe(webm, decoder="libvpx-vp9")
+    assert seen.count == 8 and seen.size == (160, 96)
+    alpha = _alpha(seen.frames)
+    # A real cut-out: clear background and a solid subject in every frame.
+    assert ((alpha < 16).mean(axis=(1, 2)) > 0.3).all()
+    assert ((alpha > 240).mean(axis=(1, 2)) > 0.05).all()
+    assert seen.audio_seconds == pytest.approx(8 / 12, abs=0.03)
+    # The same frames as a PNG sequence: the WebM's alpha is that cut-out, within
+    # what VP9's lossy alpha plane moves.
+    seq = tmp_path / "seq"
+    proc = bgrm("video", talk, "--video-format", "png_sequence", "--frame-limit", 8, "-o", seq)
+    assert proc.returncode == 0, proc.stderr.decode()
+    pngs = np.stack([np.asarray(Image.open(p)) for p in
+                     sorted((seq / "talk_processed").glob("*.png"))])
+    assert np.abs(alpha.astype(int) - _alpha(pngs)).mean() < 4
+
+
+def test_png_sequence_is_one_rgba_png_per_frame_with_the_audio_as_wav(bgrm, talk, tmp_path):
+    out = tmp_path / "out"
+    proc = bgrm("video", talk, "--video-format", "png_sequence", "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    folder = out / "talk_processed"
+    assert json.loads(proc.stdout)["files"][0]["url"] == str(folder)
+    frames = sorted(folder.glob("*.png"))
+    assert [p.name for p in frames] == [f"talk_processed_{i:06d}.png" for i in range(1, 13)]
+    for path in frames:
+        im = Image.open(path)
+        assert im.mode == "RGBA" and im.size == (160, 96)
+        alpha = np.asarray(im)[..., 3]
+        assert (alpha < 16).mean() > 0.3 and (alpha > 240).mean() > 0.05
+    wav = folder / "talk_processed.wav"
+    import wave
+
+    with wave.open(str(wav)) as w:
+        assert w.getnframes() / w.getframerate() == pytest.approx(1.0, abs=0.03)
+    assert sorted(p.name for p in out.iterdir()) == ["talk_processed"]  # nothing else
+    # A rerun replaces the folder whole; a silent input has no WAV.
+    silent = make_clip(tmp_path / "talk.mp4", FIXTURES / "astronaut.png", frames=5)
+    proc = bgrm("video", silent, "--video-format", "png_sequence", "-o", out)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"talk_processed_{i:06d}.png" for i in range(1, 6)]
+    assert sorted(p.name for p in out.iterdir()) == ["talk_processed"]
+    # Its frames are bgrm's own outputs: a folder rerun does not take them as inputs.
+    again = bgrm("image", out, "-r", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["files"] == []
+
+
+def test_png_sequence_is_whole_or_absent_after_ctrl_c(tmp_path, models_home):
+    clip = make_clip(tmp_path / "long.mp4", FIXTURES / "astronaut.png", frames=60, audio=True)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bgrm", "video", clip, "--video-format",
+                             "png_sequence", "-o", out], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        # Wait until frames are being written into the hidden folder.
+        while not any(len(list(d.glob("*.png"))) >= 3 for d in out.glob(f".*{TMP_MARK}*")
+                      if d.is_dir()):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no frames written"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert b"Traceback" not in err
+    assert list(out.iterdir()) == []  # no folder, whole or half, and no temporary

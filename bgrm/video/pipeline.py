@@ -21,12 +21,11 @@ from PIL import Image
 from bgrm import compose
 from bgrm.errors import InputError
 from bgrm.options import VideoOptions
-from bgrm.outputs import atomic_path
 from bgrm.segment import upscale
 from bgrm.video.formats import FORMATS, Format
 from bgrm.video.reader import Frame, VideoReader
 from bgrm.video.stages import run_stages
-from bgrm.video.writer import VideoWriter, add_audio
+from bgrm.video.writer import VideoWriter, open_output
 
 
 class MaskFilter:
@@ -253,28 +252,20 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
             progress(1)
 
     try:
-        with atomic_path(dst) as tmp:
-            # The input's header (has it audio?) is read while the first frame decodes.
-            with_audio = fmt.audio_args is not None
-            picture = tmp.with_name(f"{tmp.stem}.picture{tmp.suffix}") if with_audio else tmp
+        with open_output(dst, fmt, name) as out:
+            picture = out.picture
             try:
                 run_stages(reader, [prepare, infer, finish], encode)
                 if writer is None:
                     raise InputError(f"{name}: no video frames could be decoded")
                 writer.finish()
                 notes += _shortfall(name, reader, writer.end, opts.frame_limit)
-                if with_audio:
-                    if reader.info.has_audio:
-                        add_audio(picture, src, tmp, fmt, writer.end, name, dst)
-                    else:
-                        picture.replace(tmp)
+                # The input's header (has it audio?) was read with the first frame.
+                out.complete(src, reader.info.has_audio, writer.end)
             except BaseException:
                 if writer is not None:
                     writer.abort()
                 raise
-            finally:
-                if picture != tmp:
-                    picture.unlink(missing_ok=True)
     finally:
         if matting is not None:
             matting.shutdown(wait=True, cancel_futures=True)
