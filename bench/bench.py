@@ -426,5 +426,52 @@ def row_video_matting(b: Bench) -> None:
 ROWS += [row_temporal, row_video_matting]
 
 
+def _encode(fmt_name: str, frames: list, dst: Path, rate: int) -> tuple[float, float]:
+    """Wall and ffmpeg CPU seconds to encode ``frames`` (RGBA) as ``fmt_name``."""
+    import resource
+    from fractions import Fraction
+
+    from bgrm.video.formats import FORMATS
+    from bgrm.video.writer import VideoWriter
+
+    h, w = frames[0].shape[:2]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    writer = VideoWriter(dst, FORMATS[fmt_name], (w, h), Fraction(rate), "bench")
+    for i, frame in enumerate(frames):
+        writer.write(frame, i / rate)
+    writer.finish()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu
+
+
+def row_video_formats(b: Bench) -> None:
+    """Issue #13: encoding alone, webm (VP9 + alpha) against mov (ProRes 4444), on
+    the same 60 real cut-out frames of 640x360 (bgrm's own png_sequence of the
+    pan), alternated; what the model costs is the same for both and left out."""
+    frames = 60
+    clip = make_clip(b.work / "clip60.mp4", frames)
+    seq = b.work / "seq"
+    run(b.bgrm + ["video", "--model", "u2netp", str(clip), "--video-format", "png_sequence",
+                  "-o", str(seq)], b.env)
+    rgba = [np.asarray(Image.open(p)) for p in sorted((seq / "clip60_processed").glob("*.png"))]
+    assert len(rgba) == frames and rgba[0].shape[2] == 4
+    times: dict[str, list] = {"webm": [], "mov": []}
+    for _ in range(b.reps):
+        for name in times:
+            times[name].append(_encode(name, rgba, b.work / f"enc.{name}", 25))
+    wall = {n: statistics.median(t for t, _ in v) for n, v in times.items()}
+    cpu = {n: statistics.median(c for _, c in v) for n, v in times.items()}
+    b.table.add("encode 60 cut-out frames 640x360: webm vs mov",
+                f"{frames / wall['webm']:.1f} fps (webm)", f"{frames / wall['mov']:.1f} fps (mov)",
+                f"{wall['webm'] / wall['mov']:.2f}x time", "-", None,
+                cpu=f"{cpu['webm'] / frames:.3f} vs {cpu['mov'] / frames:.3f} cpu-s/frame")
+
+
+ROWS.append(row_video_formats)
+
+
 if __name__ == "__main__":
     main()
