@@ -157,16 +157,14 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show_bar and jobs_list:
-        from tqdm import tqdm
+        from bgrm.progress import Progress
 
-        unit = "file" if job == "image" else "frame"
-        bar = tqdm(total=len(jobs_list) if job == "image" else None, unit=unit,
-                   file=sys.stderr, dynamic_ncols=True, leave=True)
+        bar = Progress(job, jobs_list, opts)
 
     def on_progress(index: int, n: int) -> None:
         # Images count whole files, failed and skipped ones too (in on_result).
-        if bar is not None and job != "image":
-            bar.update(n)
+        if bar is not None:
+            bar.advance(index, n)
 
     finished: dict[int, Result] = {}
     said = 0  # results up to here have been told, in input order
@@ -175,8 +173,8 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
         # Workers finish in any order; the user hears about files in the order given.
         nonlocal said
         finished[index] = result
-        if bar is not None and job == "image":
-            bar.update(1)
+        if bar is not None:
+            bar.finished(index, result)
         printer = bar.write if bar is not None else (lambda m: click.echo(m, err=True))
         while said in finished:
             done = finished.pop(said)

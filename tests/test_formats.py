@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -236,3 +237,38 @@ def test_png_sequence_is_whole_or_absent_after_ctrl_c(tmp_path, models_home):
     assert proc.returncode == 130, err.decode()
     assert b"Traceback" not in err
     assert list(out.iterdir()) == []  # no folder, whole or half, and no temporary
+
+
+def test_a_video_batch_on_a_terminal_shows_its_frame_total_and_time_left(talk, tmp_path,
+                                                                          models_home):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    short = make_clip(tmp_path / "short.mp4", FIXTURES / "astronaut.png", frames=5)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "bgrm", "video", talk, short,
+                             "--video-format", "mattekey", "-o", tmp_path / "out"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not data:
+            break
+        screen += data
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, screen.decode()
+    lines = screen.decode().replace("\r", "\n").splitlines()
+    # The whole batch's frames (12 + 5) from the headers, marked as an estimate,
+    # with a time left; at the end the real count, no longer marked.
+    assert any("0/~17 frames" in ln for ln in lines), lines
+    timed = [m for ln in lines
+             if (m := re.search(r"(\d+)/~17 frames \[\d\d:\d\d elapsed, ~\d\d:\d\d left", ln))]
+    assert any(int(m.group(1)) > 0 for m in timed), lines
+    assert any("17/17 frames" in ln for ln in lines), lines
