@@ -31,6 +31,7 @@ from pathlib import Path
 
 from bgrm import __version__
 from bgrm.errors import BgrmError, ExitStatus, ParameterError
+from bgrm.outputs import remove_tmp
 from bgrm.report import Result
 
 try:
@@ -378,5 +379,4 @@ def _remove_leftovers(tmps: list[set[str]], results: list) -> None:
     for names, result in zip(tmps, results, strict=True):
         if len(names) > 1 or not result.ok:
             for name in names:
-                with contextlib.suppress(OSError):
-                    os.unlink(name)
+                remove_tmp(Path(name))  # a file, or a PNG sequence's folder
