@@ -243,34 +243,41 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     return picture
 
 
-def encode_png(picture: Image.Image, out, exif: bytes | None = None) -> None:
+def encode_png(picture: Image.Image, out) -> None:
     picture.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
                  compress_type=PNG_STRATEGY, icc_profile=picture.info.get("icc_profile"),
-                 **({"exif": exif} if exif else {}))
+                 **_exif(picture))
 
 
-def encode_webp(picture: Image.Image, out, exif: bytes | None = None) -> None:
+def encode_webp(picture: Image.Image, out) -> None:
     # Lossless keeps the alpha and every edge exactly as a PNG would. Method 1
     # at effort 0: near the smallest files libwebp makes, in a fraction of the
     # default's time (README, Speed).
     picture.save(out, format="WEBP", lossless=True, quality=0, method=1,
-                 icc_profile=picture.info.get("icc_profile") or b"", exif=exif or b"")
+                 icc_profile=picture.info.get("icc_profile") or b"", **_exif(picture))
 
 
-def encode_jpg(picture: Image.Image, out, exif: bytes | None = None) -> None:
+def encode_jpg(picture: Image.Image, out) -> None:
     if picture.mode not in ("RGB", "L"):
         # ImageOptions refuses jpg for transparent results; this is the last guard.
         raise ValueError(f"JPEG cannot hold a {picture.mode} picture")
-    picture.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False,
-                 icc_profile=picture.info.get("icc_profile"), **({"exif": exif} if exif else {}))
+    picture.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0,
+                 icc_profile=picture.info.get("icc_profile"), **_exif(picture))
+
+
+def _exif(picture: Image.Image) -> dict:
+    exif = picture.info.get("exif")
+    return {"exif": exif} if exif else {}
 
 
 def encode(picture: Image.Image, out, fmt: str = "png", exif: bytes | None = None) -> None:
     """Write ``picture`` to ``out`` (a path or a binary file) as ``fmt``, with the
     input's EXIF (orientation already applied) and colour profile."""
+    if exif:
+        picture.info["exif"] = exif  # beside the colour profile, as render leaves it
     # Looked up at each call, so a test can stand in for one encoder.
     encoder = {"png": encode_png, "webp": encode_webp, "jpg": encode_jpg}[fmt]
-    encoder(picture, out, exif)
+    encoder(picture, out)
 
 
 def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None) -> list[str]:
