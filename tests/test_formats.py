@@ -24,7 +24,7 @@ import pytest
 from PIL import Image, ImageCms, features
 from videoclips import iou, make_clip, probe
 
-from bgrm import image
+from bgrm import batch, image
 from bgrm.models import REGISTRY, ResolvedModel, bundled_path
 from bgrm.options import ImageOptions
 from bgrm.outputs import TMP_MARK
@@ -75,6 +75,7 @@ def test_the_heic_and_avif_decoders_are_there_and_encode_here():
 @pytest.mark.parametrize("fmt, ext", [("HEIF", "heic"), ("AVIF", "avif")])
 def test_a_phone_photo_gives_the_mask_of_the_same_picture_as_png(segmenter, tmp_path, fmt, ext):
     src = _phone_photo(fmt, tmp_path / f"astronaut.{ext}")
+    assert batch.expand([str(tmp_path)], "image", False) == [src]  # found in a folder
     assert src.read_bytes()[4:12] in (b"ftypheic", b"ftypmif1", b"ftypavif")
     decoded = image.decode(src, src.name)
     # astronaut: u2netp's mask of it is steady; on chelsea or rocket even a
