@@ -12,7 +12,7 @@ import sys
 import click
 
 from bgrm.errors import ExitStatus
-from bgrm.models import REGISTRY, Check, install, is_url, models_dir, status
+from bgrm.models import REGISTRY, install, is_url, models_dir, status
 from bgrm.models.store import mismatch
 
 
@@ -59,7 +59,7 @@ def list_models(as_json: bool) -> None:
 
 
 @models.command("verify", short_help="Check model files against their official checksums.")
-@click.argument("names", nargs=-1, type=click.Choice(list(REGISTRY)))
+@click.argument("names", nargs=-1, type=click.Choice(list(REGISTRY)), metavar="[NAME]...")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.pass_context
 def verify_models(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
@@ -79,8 +79,7 @@ def verify_models(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> 
         width = max(len(r.spec.name) for r in rows)
         for r in rows:
             if r.status == "corrupt":
-                what = f"CORRUPT  {mismatch(Check(False, r.spec.checksum, r.actual_checksum, 0))}" \
-                       f"  {r.path}"
+                what = f"CORRUPT  {mismatch(r.spec.checksum, r.actual_checksum)}  {r.path}"
             elif r.status == "missing":
                 what = f"missing  (install: bgrm models install {r.spec.name})"
             else:
@@ -91,7 +90,7 @@ def verify_models(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> 
 
 
 @models.command("install", short_help="Install a model from its official URL, or a file or URL.")
-@click.argument("name", type=click.Choice(list(REGISTRY)))
+@click.argument("name", type=click.Choice(list(REGISTRY)), metavar="NAME")
 @click.option("--from", "source", metavar="PATH|URL",
               help="A model file you have, or an http(s) URL to download it from "
                    "[default: the official URL, see bgrm models list --json].")

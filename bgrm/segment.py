@@ -179,7 +179,7 @@ _CACHE: dict[tuple, Segmenter] = {}
 def get_segmenter(model: ResolvedModel, device: str = "auto", threads: int | None = None,
                   spinning: bool = True) -> Segmenter:
     """The process's segmenter for this model: one session per process, reused."""
-    key = (str(model.path), device, threads, spinning, model.spec.family)
+    key = (str(model.path), model.spec.family, device, threads, spinning)
     if key not in _CACHE:
         _CACHE[key] = Segmenter(model, device, threads, spinning)
     return _CACHE[key]

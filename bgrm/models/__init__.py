@@ -6,7 +6,7 @@ Light to import (dataclasses, hashlib, json): ``bgrm --help`` loads it.
 """
 
 from bgrm.errors import DownloadError, ModelError
-from bgrm.models.families import DEFAULT_FAMILY, FAMILIES, Family
+from bgrm.models.families import DEFAULT_FAMILY, FAMILIES, IMAGENET_MEAN, IMAGENET_STD, Family
 from bgrm.models.installer import Installed, install, is_url
 from bgrm.models.registry import (
     DEFAULT_MODEL,
@@ -17,6 +17,7 @@ from bgrm.models.registry import (
     ModelSpec,
 )
 from bgrm.models.store import (
+    ASSETS,
     STAMP_NAME,
     Check,
     ModelStatus,
@@ -32,7 +33,7 @@ from bgrm.models.store import (
 )
 
 __all__ = [
-    "DEFAULT_FAMILY", "DEFAULT_MODEL", "FALLBACK_MODEL", "FAMILIES", "REGISTRY",
+    "ASSETS", "IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_FAMILY", "DEFAULT_MODEL", "FALLBACK_MODEL", "FAMILIES", "REGISTRY",
     "SEGMENTATION_MODELS", "STAMP_NAME", "VITMATTE_DEFAULT", "Check", "DownloadError",
     "Family", "Installed", "ModelError", "ModelSpec", "ModelStatus", "ResolvedModel",
     "bundled_path", "check_file", "file_checksum", "install", "installed_path", "is_url",

@@ -172,11 +172,10 @@ class ModelStatus:
                 "url": spec.url, "licence": spec.licence, "source": spec.source}
 
 
-def mismatch(check: Check) -> str:
+def mismatch(expected: str, actual: str | None) -> str:
     """'md5 <actual>, expected <official>' for a failed check."""
-    algorithm, expected = check.expected.split(":", 1)
-    actual = (check.actual or "").split(":", 1)[-1]
-    return f"{algorithm} {actual}, expected {expected}"
+    algorithm, official = expected.split(":", 1)
+    return f"{algorithm} {(actual or '').split(':', 1)[-1]}, expected {official}"
 
 
 def status(spec: ModelSpec, full: bool = False) -> ModelStatus:
@@ -205,8 +204,8 @@ def _verified(spec: ModelSpec) -> Path:
     if not check.ok:
         if path == bundled_path(spec):
             raise ModelError(f"the bundled {spec.name} ({path}) is corrupt: "
-                             f"{mismatch(check)}; reinstall bgrm")
-        raise ModelError(f"model {spec.name} at {path} is corrupt: {mismatch(check)}; "
+                             f"{mismatch(check.expected, check.actual)}; reinstall bgrm")
+        raise ModelError(f"model {spec.name} at {path} is corrupt: {mismatch(check.expected, check.actual)}; "
                          f"reinstall it with: bgrm models install {spec.name} "
                          "[--from PATH|URL], or delete it")
     return path
