@@ -631,3 +631,29 @@ def test_a_full_disk_during_install_is_an_output_error(models_home, serve, run_m
     assert status == 1, err  # the disk, not a usage error
     assert "cannot write: No space left on device" in err and "Traceback" not in err
     assert leftovers(models_home) == []
+
+
+def test_models_rembg_downloaded_are_found_in_its_folders(tmp_path, monkeypatch, fixtures):
+    """rembg 2.0.86 keeps models in <home>/models/<name>/: bgrm reads them there
+    (checked like its own), unless $BGRM_MODELS names its one folder."""
+    rembg_home = tmp_path / "rembg"
+    monkeypatch.delenv("BGRM_MODELS", raising=False)
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.u2net
+    monkeypatch.setenv("REMBG_HOME", str(rembg_home))
+    spec = REGISTRY["isnet-anime"]
+    folder = rembg_home / "models" / "isnet-anime"
+    folder.mkdir(parents=True)
+    path = standin_onnx(folder / spec.filename, "isnet")
+    with pytest.raises(models.ModelError, match="corrupt"):  # not the official bytes
+        models.resolve("isnet-anime")
+    monkeypatch.setitem(REGISTRY, "isnet-anime", dataclasses.replace(
+        spec, checksum=md5sum(path)))
+    assert models.resolve("isnet-anime").path == path
+    assert models.status(REGISTRY["isnet-anime"]).status == "installed"
+    vitmatte = REGISTRY["vitmatte-base-composition-1k"]
+    assert models.store.rembg_path(vitmatte) == rembg_home / "models" / "vitmatte" / \
+        vitmatte.filename
+    monkeypatch.setenv("BGRM_MODELS", str(tmp_path / "mine"))
+    with pytest.raises(models.ModelError, match="not installed"):
+        models.resolve("isnet-anime")

@@ -45,6 +45,32 @@ def installed_path(spec: ModelSpec) -> Path:
     return models_dir() / spec.filename
 
 
+def rembg_path(spec: ModelSpec) -> Path | None:
+    """Where rembg 2.0.86 keeps this model (``<home>/models/<name>/<file>``), read
+    as a second place to look; None when $BGRM_MODELS names bgrm's one folder.
+
+    rembg's home is $U2NET_HOME when set, else $REMBG_HOME, else
+    $XDG_DATA_HOME/rembg, else ~/.rembg (rembg/sessions/base.py).
+    """
+    if os.environ.get("BGRM_MODELS"):
+        return None
+    xdg = os.environ.get("XDG_DATA_HOME")
+    home = os.environ.get("U2NET_HOME") or os.environ.get("REMBG_HOME") or \
+        (os.path.join(xdg, "rembg") if xdg else "~/.rembg")
+    folder = spec.name if spec.family is not None else "vitmatte"  # rembg/matting.py's
+    return Path(home).expanduser() / "models" / folder / spec.filename
+
+
+def _found(spec: ModelSpec) -> tuple[Path, str] | None:
+    """The file a run uses for ``spec`` and where it came from: bgrm's models
+    directory, then rembg's, then the bundled copy."""
+    for path, where in ((installed_path(spec), "installed"), (rembg_path(spec), "installed"),
+                        (bundled_path(spec) if spec.bundled else None, "bundled")):
+        if path is not None and path.is_file():
+            return path, where
+    return None
+
+
 def file_checksum(path: Path, algorithm: str, chunk: int = 1 << 20) -> str:
     """``"<algorithm>:<hex>"`` of the file, as the registry writes checksums."""
     digest = hashlib.new(algorithm)
@@ -74,7 +100,9 @@ class ResolvedModel:
 
 def _install_hint(spec: ModelSpec) -> str:
     other = ", or choose --model u2netp, which is bundled" if spec.family else ""
-    return (f"model {spec.name} is not installed (looked for {installed_path(spec)}); "
+    rembg = rembg_path(spec)
+    looked = f"{installed_path(spec)}" + (f" and rembg's {rembg}" if rembg else "")
+    return (f"model {spec.name} is not installed (looked for {looked}); "
             f"install it with: bgrm models install {spec.name} (downloads "
             f"~{spec.approx_mb:.0f} MB from {spec.url}), or --from /path/to/{spec.filename}"
             + other)
@@ -183,23 +211,21 @@ def status(spec: ModelSpec, full: bool = False) -> ModelStatus:
 
     An installed copy wins over the bundled one, as in ``resolve``.
     """
-    for path, good in ((installed_path(spec), "installed"),
-                       (bundled_path(spec) if spec.bundled else None, "bundled")):
-        if path is not None and path.is_file():
-            check = check_file(path, spec.checksum, full=full)
-            return ModelStatus(spec, good if check.ok else "corrupt", path, check.size,
-                               check.actual)
-    return ModelStatus(spec, "missing", installed_path(spec), None)
+    found = _found(spec)
+    if found is None:
+        return ModelStatus(spec, "missing", installed_path(spec), None)
+    path, where = found
+    check = check_file(path, spec.checksum, full=full)
+    return ModelStatus(spec, where if check.ok else "corrupt", path, check.size, check.actual)
 
 
 def _verified(spec: ModelSpec) -> Path:
     """The file for ``spec`` if its checksum is the official one; missing or corrupt
     is an error that says how to install it."""
-    path = installed_path(spec)
-    if not path.is_file():
-        if not spec.bundled:
-            raise ModelError(_install_hint(spec))
-        path = bundled_path(spec)
+    found = _found(spec)
+    if found is None:
+        raise ModelError(_install_hint(spec))
+    path = found[0]
     check = check_file(path, spec.checksum)
     if not check.ok:
         if path == bundled_path(spec):
@@ -236,7 +262,7 @@ def resolve(model: str | None, family: str | None = None, notice=None) -> Resolv
         raise ParameterError(f"--model-family {family} applies to --model PATH.onnx ({what})")
     if model is None:
         default = REGISTRY[DEFAULT_MODEL]
-        if installed_path(default).is_file():
+        if _found(default) is not None:
             return ResolvedModel(default, _verified(default))
         say = notice or (lambda msg: print(msg, file=sys.stderr))
         say(f"bgrm: {DEFAULT_MODEL} is not installed in {models_dir()}; "
