@@ -657,3 +657,46 @@ def test_models_rembg_downloaded_are_found_in_its_folders(tmp_path, monkeypatch,
     monkeypatch.setenv("BGRM_MODELS", str(tmp_path / "mine"))
     with pytest.raises(models.ModelError, match="not installed"):
         models.resolve("isnet-anime")
+
+
+def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtures,
+                                                                 models_home, monkeypatch,
+                                                                 capfd):
+    """Threads share the process's one session; a 1024 model is not run on two files
+    at once (its working memory would double), and --jobs N says it makes N copies."""
+    import os
+
+    from bgrm import batch, segment
+    from bgrm.options import ImageOptions, MattingOptions
+    from bgrm.report import Result
+    from bgrm.run import run_command
+
+    seen = []
+
+    def fake_run(jobs, workers, on_progress, on_result, file_threads=1):
+        seen.append((workers, file_threads))
+        return [Result(j.name, j.dst) for j in jobs]
+
+    monkeypatch.setattr(batch, "run", fake_run)
+    monkeypatch.setattr(segment, "_CACHE", {})
+    photos = [str(fixtures / "chelsea.png"), str(fixtures / "coffee.png")]
+    big = standin_onnx(tmp_path / "big.onnx", "birefnet")
+    small = standin_onnx(tmp_path / "small.onnx", "u2net")
+    matting = MattingOptions(enabled=True)  # what puts two u2net files on threads
+
+    def go(model, family, jobs=None):
+        return run_command("image", ImageOptions(model=str(model), model_family=family,
+                                                 matting=matting),
+                           inputs=photos, output_dir=tmp_path / "out", recursive=False,
+                           jobs=jobs, device="cpu", threads=None, skip_existing=False,
+                           as_json=False, progress=False, show_traceback=True, scheduler=None)
+
+    assert go(big, "birefnet") == 0 and seen[-1] == (1, 1)
+    assert [k[0] for k in segment._CACHE] == [str(big)]  # loaded once, before any file
+    if (os.cpu_count() or 1) >= 2:  # the control: a u2net model does take two at once
+        assert go(small, "u2net") == 0 and seen[-1] == (1, 2)
+    capfd.readouterr()
+    segment._CACHE.clear()
+    assert go(big, "birefnet", jobs=2) == 0 and seen[-1] == (2, 1)
+    assert segment._CACHE == {}  # checked, then let go: the workers load their own
+    assert "2 worker processes each load their own copy" in capfd.readouterr().err
