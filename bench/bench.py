@@ -473,5 +473,58 @@ def row_video_formats(b: Bench) -> None:
 ROWS.append(row_video_formats)
 
 
+def row_families(b: Bench) -> None:
+    """Issue #11: a 1024-input model against rembg on the same file, and video
+    seconds per frame for a stand-in of each input size.
+
+    Only u2netp's real weights exist here, so the 1024 rows run a stand-in with
+    BiRefNet's signature (tests/standins.py: pooling, two small convolutions,
+    resize): what they measure is everything around a 1024 model (the
+    1024x1024 resize, normalisation, min-max, the mask back to full size,
+    decode and encode), not BiRefNet's own inference, which costs the same
+    in both tools. rembg reads the same file as birefnet-general.
+    """
+    sys.path.insert(0, str(ROOT / "tests"))
+    from standins import standin_onnx
+
+    home = Path(b.env["U2NET_HOME"])
+    big = standin_onnx(home / "birefnet-general.onnx", "birefnet", seed=1)
+    small = standin_onnx(b.work / "u2net-standin.onnx", "u2net", seed=1)
+    env = dict(b.env, MODEL_CHECKSUM_DISABLED="1")
+    photos = str(b.inputs["small"])
+    n = len(list(b.inputs["small"].iterdir()))
+    ours, ref = alternate(
+        b.bgrm + ["image", "--model", str(big), "--model-family", "birefnet", photos,
+                  "-o", str(b.out)],
+        b.rembg + ["p", "-m", "birefnet-general", photos, str(b.out)], env, b.reps, b.clean)
+    b.table.add("1024 stand-in (BiRefNet signature), 5 small photos",
+                f"{ours.t / n:.2f} s/image", f"{ref.t / n:.2f} s/image (rembg p)",
+                f"{ref.t / ours.t:.2f}x faster", "(same file)", None,
+                cpu=f"{ref.cpu / ours.cpu:.2f}x ({ours.cpu:.1f} vs {ref.cpu:.1f} s)")
+    one = Measure()
+    for _ in range(b.reps):
+        b.clean()
+        one.add(*run(b.bgrm + ["image", "--model", str(big), "--model-family", "birefnet",
+                               str(b.inputs["one_small"]), "-o", str(b.out)], env))
+    b.table.add("  peak memory, one photo, 1024 stand-in", f"{one.mb:.0f} MB",
+                f"{one.t:.2f} s (whole command)", "-", "(weights ~0 MB: add the model's size)",
+                None)
+    clip = b.work / "clip.mp4"
+    if not clip.exists():
+        make_clip(clip, 30)
+    for label, model, family in (("320 stand-in (u2net)", small, "u2net"),
+                                 ("1024 stand-in (birefnet)", big, "birefnet")):
+        m = Measure()
+        for _ in range(b.reps):
+            m.add(*run(b.bgrm + ["video", "--model", str(model), "--model-family", family,
+                                 str(clip), "-o", str(b.work / "vfam")], env))
+        b.table.add(f"video to mov, 640x360, {label}", f"{m.t / 30:.3f} s/frame",
+                    "whole command / 30 frames", "-", f"peak {m.mb:.0f} MB", None,
+                    cpu=f"{m.cpu / 30:.3f} cpu-s/frame")
+
+
+ROWS.append(row_families)
+
+
 if __name__ == "__main__":
     main()

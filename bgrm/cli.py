@@ -48,7 +48,8 @@ def _click_option(p):
         kwargs["help"] += f"  [default: {p.default}]"
     elif p.kind == "choice":
         kwargs["type"] = click.Choice(p.choices)
-        kwargs["help"] += f"  [default: {p.default}]"
+        if p.default is not None:
+            kwargs["help"] += f"  [default: {p.default}]"
     elif p.kind == "color":
         kwargs["type"] = ColorType()
         kwargs["help"] += "  [default: #{:02x}{:02x}{:02x}]".format(*p.default)

@@ -40,3 +40,7 @@ class ParameterError(BgrmError):
     """An option or API parameter outside its allowed values."""
 
     exit_status = ExitStatus.USAGE
+
+
+class DownloadError(BgrmError):
+    """A model download that failed on the way (network, HTTP status, cut short)."""

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bgrm.errors import ParameterError
+from bgrm.models.families import FAMILIES
 
-MODEL_NAMES = ("u2net", "u2net_human_seg", "u2netp")
 BG_TYPES = ("transparent", "color", "image")
 VIDEO_FORMATS = (
     "mov",
@@ -31,6 +31,7 @@ VIDEO_FORMATS = (
     "png_sequence",
 )
 IMAGE_FORMATS = ("png", "webp", "jpg")
+MODEL_FAMILIES = tuple(FAMILIES)  # --model-family, for a model given as a path
 CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremover"}
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
@@ -134,8 +135,12 @@ class Param:
 _MATTING = ("image", "video")
 PARAMS: tuple[Param, ...] = (
     Param("model", "model", None,
-          "u2net, u2net_human_seg, u2netp, or a path to a U^2-Net-shaped .onnx "
+          "A model by name (bgrm models list: u2net, isnet-general-use, birefnet-general, "
+          "bria-rmbg, ...) or a path to an .onnx file "
           "[default: u2net if installed, else the bundled u2netp]"),
+    Param("model_family", "choice", None,
+          "How to run --model PATH.onnx: its pre- and post-processing "
+          "[default: u2net]", choices=MODEL_FAMILIES),
     Param("alpha_matting", "bool", False, "Refine edges (hair, fur) with alpha matting."),
     Param("alpha_fg", "int", 240, "Trimap foreground threshold.", lo=0, hi=255),
     Param("alpha_bg", "int", 10, "Trimap background threshold.", lo=0, hi=255),
@@ -187,6 +192,7 @@ class MattingOptions:
 @dataclass(frozen=True)
 class ImageOptions:
     model: str | None = None
+    model_family: str | None = None  # for a model given as a path; None: u2net
     matting: MattingOptions = field(default_factory=MattingOptions)
     only_mask: bool = False
     bg_type: str = "transparent"
@@ -212,6 +218,7 @@ class ImageOptions:
 @dataclass(frozen=True)
 class VideoOptions:
     model: str | None = None
+    model_family: str | None = None  # for a model given as a path; None: u2net
     matting: MattingOptions = field(default_factory=MattingOptions)
     video_format: str = "mov"
     video_bg_color_enabled: bool = False
@@ -277,10 +284,11 @@ def build(job: str, values: Mapping[str, Any]) -> ImageOptions | VideoOptions:
     matting = MattingOptions(
         enabled=bool(values["alpha_matting"]), fg=values["alpha_fg"], bg=values["alpha_bg"],
         erode=values["alpha_erode"], base_size=values["alpha_base_size"])
-    common = {"model": values["model"] or None, "matting": matting}
+    common = {"model": values["model"] or None, "model_family": values["model_family"],
+              "matting": matting}
     if job == "image":
         return ImageOptions(**common, only_mask=bool(values["only_mask"]),
                             bg_type=values["bg_type"], bg_color=values["bg_color_value"],
                             bg_image=values["bg_image"], format=values["format"])
-    fields = {f.name for f in dataclasses.fields(VideoOptions)} - {"model", "matting"}
+    fields = {f.name for f in dataclasses.fields(VideoOptions)} - set(common)
     return VideoOptions(**common, **{k: values[k] for k in fields})

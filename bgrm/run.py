@@ -102,11 +102,11 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
                                  "does not apply")
         if opts.bg_type == "image":
             _check_background(opts)
-        model = resolve(opts.model)
+        model = resolve(opts.model, opts.model_family)
         return _stdin_image(opts, model, device, threads)
     if job == "image" and opts.bg_type == "image":
         _check_background(opts)
-    model = resolve(opts.model)
+    model = resolve(opts.model, opts.model_family)
     entries = batch.expand(inputs, job, recursive, warn=_say)
     files = [e for e in entries if isinstance(e, Path)]
     if output_dir is not None:
@@ -126,7 +126,10 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
     workers = 1 if scheduler else jobs or 1
     # Files at once in this process; --jobs N means N processes, one file each.
     matting = opts.matting.enabled
-    file_threads = 1 if scheduler or jobs else batch.default_file_threads(job, files, matting)
+    # A 1024-input model: one file at a time (a second inference at once would
+    # double its activation memory, and one already keeps every core busy).
+    file_threads = 1 if scheduler or jobs or model.big else \
+        batch.default_file_threads(job, files, matting)
     if not scheduler:
         at_once = max(1, min(workers * file_threads, len(files) or 1))
         threads = threads or max(1, (os.cpu_count() or 1) // at_once)
@@ -143,9 +146,16 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
     if (workers <= 1 and not scheduler) or model.custom:
         # Load (and so check) the model before the first file: a wrong graph
         # is one clear error, not one per file.
-        from bgrm.segment import get_segmenter
+        from bgrm.segment import check_model, get_segmenter
 
-        get_segmenter(model, "cpu" if scheduler else device, threads, runtime.spinning)
+        if workers <= 1 and not scheduler:
+            get_segmenter(model, device, threads, runtime.spinning)
+        else:
+            check_model(model)  # and let it go: the workers load their own copies
+    if min(workers, len(files)) > 1 and model.big:
+        _say(f"{min(workers, len(files))} worker processes each load their own copy of "
+             f"{model.spec.name}"
+             + (f" (~{model.spec.approx_mb:.0f} MB on disk)" if not model.custom else ""))
     dsts = batch.name_outputs(files, output_dir, output_extension(job, opts), inputs)
     jobs_list = [batch.Job(job, src, dst, str(src), opts, runtime)
                  for src, dst in zip(files, dsts, strict=True)]
