@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bgrm import compose
+from bgrm import compose, edges
 from bgrm.errors import InputError
 from bgrm.options import ImageOptions
 
@@ -28,6 +28,8 @@ Image.MAX_IMAGE_PIXELS = None
 # fast but 25% larger. The README's "Speed" section has the figures.
 PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = 3  # zlib Z_RLE
+# render()'s picture.info key for the --crop box (left, top, right, bottom).
+CROP_BOX = "bgrm_crop_box"
 
 
 @dataclass
@@ -182,13 +184,7 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     """Decoded image -> the output picture for these options."""
     rgb = decoded.rgb
     mask = np.asarray(segmenter.mask(Image.fromarray(rgb)))
-    fg = rgb
-    if opts.matting.enabled:
-        from bgrm.matte import matte
-
-        alpha, fg = matte(rgb, mask, opts.matting)
-    else:
-        alpha = mask
+    alpha, fg = edges.refine(rgb, mask, opts.matting, opts.edges)
     if decoded.alpha is not None:
         # What was already transparent in the input stays transparent.
         alpha = (alpha.astype(np.uint16) * decoded.alpha // 255).astype(np.uint8)
@@ -201,6 +197,12 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
         picture = Image.fromarray(compose.over(fg, alpha, back))
     else:
         picture = Image.fromarray(compose.cutout(fg, alpha))
+    if opts.edges.crop:
+        box = edges.crop_box(edges.subject_box(alpha), opts.edges.crop_margin,
+                             (rgb.shape[1], rgb.shape[0]))
+        picture = picture.crop(box)
+        # process_file reports it (--json); the PNG encoder ignores unknown info keys.
+        picture.info[CROP_BOX] = box
     if decoded.icc_profile:
         picture.info["icc_profile"] = decoded.icc_profile  # encode_png writes it
     return picture
@@ -211,9 +213,10 @@ def encode_png(picture: Image.Image, out) -> None:
                  compress_type=PNG_STRATEGY, icc_profile=picture.info.get("icc_profile"))
 
 
-def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None) -> list[str]:
-    """Read ``src``, write its result to ``dst`` atomically; return notes for the user."""
+def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None):
+    """Read ``src``, write its result to ``dst`` atomically; return its notes (and crop box)."""
     from bgrm.outputs import atomic_path
+    from bgrm.report import Processed
 
     decoded = decode(src, str(src))
     picture = render(decoded, opts, segmenter)
@@ -221,4 +224,4 @@ def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=N
         encode_png(picture, tmp)
     if progress:
         progress(1)
-    return decoded.notes
+    return Processed(decoded.notes, picture.info.get(CROP_BOX))

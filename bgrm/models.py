@@ -370,3 +370,46 @@ def install(name: str, source: str, *, force: bool = False,
     st = dest.stat()
     _remember(dest, st, actual)
     return Installed(dest, actual, st.st_size)
+
+
+# -- ViTMatte checkpoints (--vitmatte) ----------------------------------------------
+#
+# Edge refiners, not segmentation models, so not REGISTRY rows that --model
+# could name. Names, files and sha256 sums are rembg's (rembg/matting.py,
+# Apache-2.0 code; checkpoints converted from hustvl/ViTMatte, MIT). The file
+# is looked up in the models directory under rembg's file name.
+VITMATTE: dict[str, tuple[str, str]] = {  # variant: (file, sha256)
+    "small-distinctions-646": ("vitmatte-small-distinctions-646.onnx",
+                               "d232841ac9d9657df3e62f6c92ed425ee25df18d337245cd8b903fc1ba183631"),
+    "small-composition-1k": ("vitmatte-small-composition-1k.onnx",
+                             "659b9bb2870f80cffbe20dae4c7f18417fbdf68c0195861d24e9082c28373a24"),
+    "base-distinctions-646": ("vitmatte-base-distinctions-646.onnx",
+                              "d30190833269c1bec3e37319fe67af151028d3be32f6f60f6663a51b209cc8c1"),
+    "base-composition-1k": ("vitmatte-base-composition-1k.onnx",
+                            "87bb10979f816061497ba6867b338c65a05cebd7d1507f6dde92a86382dec1f2"),
+}
+_VITMATTE_CHECKED: dict[tuple, bool] = {}
+
+
+def vitmatte_path(variant: str | None) -> Path:
+    """The installed, checksum-verified ViTMatte file for ``variant``."""
+    from bgrm.options import VITMATTE_DEFAULT
+
+    variant = variant or VITMATTE_DEFAULT
+    filename, sha256 = VITMATTE[variant]
+    path = models_dir() / filename
+    if not path.is_file():
+        raise ModelError(f"ViTMatte {variant} is not installed (looked for {path}); put "
+                         f"{_RELEASES}{filename} there")
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _VITMATTE_CHECKED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        _VITMATTE_CHECKED[key] = digest.hexdigest() == sha256
+    if not _VITMATTE_CHECKED[key]:
+        raise ModelError(f"ViTMatte {variant} at {path} is corrupt: its sha256 is not "
+                         f"{sha256}; replace it with {_RELEASES}{filename}")
+    return path
