@@ -402,7 +402,7 @@ def vitmatte_path(variant: str | None) -> Path:
         raise ModelError(f"ViTMatte {variant} is not installed (looked for {path}); put "
                          f"{_RELEASES}{filename} there")
     st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha256)
     if key not in _VITMATTE_CHECKED:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
