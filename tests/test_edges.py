@@ -107,6 +107,20 @@ def test_decontaminate_on_the_cli_cuts_the_fringe_and_keeps_opaque_pixels(bgrm, 
     assert (plain[opaque] == clean[opaque]).all()
 
 
+def test_decontaminate_is_close_to_rembgs_whole_photo_estimate(composite, chelsea_mask):
+    """rembg's decontaminate_cutout solves the whole photo; bgrm only the soft
+    band's box, with F-B brought back to full size: near-equal colours."""
+    from rembg.bg import decontaminate_cutout
+
+    path, _ = composite
+    rgb = np.asarray(Image.open(path))
+    theirs = np.asarray(decontaminate_cutout(Image.fromarray(rgb),
+                                             Image.fromarray(chelsea_mask)))[..., :3]
+    ours = edges.decontaminate(rgb, chelsea_mask)
+    soft = (chelsea_mask > 0) & (chelsea_mask < 255)
+    assert np.abs(ours.astype(int) - theirs)[soft].mean() <= 3.0  # of 255
+
+
 def test_decontaminate_with_nothing_soft_changes_nothing(chelsea):
     hard = np.where(known_alpha(*chelsea.shape[:2]) > 127, 255, 0).astype(np.uint8)
     assert (edges.decontaminate(chelsea, hard) == chelsea).all()
