@@ -215,6 +215,20 @@ def test_vitmatte_weights_are_checked_and_used_by_name(stand_in, chelsea, chelse
     fg = edges.decontaminate(chelsea, expected)
     visible = expected > 0
     assert (out[..., :3][visible] == fg[visible]).all()
+    # The same step on video: every frame refined by the same network.
+    from videoclips import make_clip, probe
+
+    from bgrm.options import VideoOptions
+    from bgrm.video.pipeline import process_file
+
+    clip = make_clip(stand_in.parent / "clip.mp4", FIXTURES / "astronaut.png", frames=3)
+    dst = stand_in.parent / "clip_processed.mov"
+    plain = stand_in.parent / "plain_processed.mov"
+    process_file(clip, dst, VideoOptions(edges=EdgeOptions(vitmatte=True)), segmenter)
+    process_file(clip, plain, VideoOptions(), segmenter)
+    refined, unrefined = probe(dst), probe(plain)
+    assert refined.count == unrefined.count == 3
+    assert np.abs(refined.frames[..., 3].astype(int) - unrefined.frames[..., 3]).mean() > 1
 
 
 def test_vitmatte_missing_is_one_usage_error(bgrm, tmp_path):
