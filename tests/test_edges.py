@@ -121,6 +121,20 @@ def test_decontaminate_is_close_to_rembgs_whole_photo_estimate(composite, chelse
     assert np.abs(ours.astype(int) - theirs)[soft].mean() <= 3.0  # of 255
 
 
+def test_with_alpha_matting_decontaminate_matters_after_feather(composite, segmenter):
+    """The matte unmixes its own soft pixels; feathering makes new ones, still
+    green, which only --decontaminate (after feather) unmixes."""
+    path, _ = composite
+    rgb = np.asarray(Image.open(path))
+    mask = np.asarray(segmenter.mask(Image.fromarray(rgb)))
+    matting = MattingOptions(enabled=True)
+    excess = {}
+    for dc in (False, True):
+        alpha, fg = edges.refine(rgb, mask, matting, EdgeOptions(mask_feather=3, decontaminate=dc))
+        excess[dc] = green_excess(fg, (alpha > 0) & (alpha < 255))
+    assert excess[False] > 20 and excess[True] < 0.4 * excess[False], excess
+
+
 def test_decontaminate_with_nothing_soft_changes_nothing(chelsea):
     hard = np.where(known_alpha(*chelsea.shape[:2]) > 127, 255, 0).astype(np.uint8)
     assert (edges.decontaminate(chelsea, hard) == chelsea).all()
