@@ -526,5 +526,35 @@ def row_families(b: Bench) -> None:
 ROWS.append(row_families)
 
 
+def row_edges(b: Bench) -> None:
+    """Issue #12: what --decontaminate costs on one 12 MP photo (time and peak
+    memory against the same run without it), and what --decontaminate and
+    --crop (two passes) add per frame of the 640x360 clip, in CPU seconds."""
+    if not b.quick:
+        photo = str(b.inputs["one_big"])
+        plain = b.bgrm + ["image", "--model", "u2netp", photo, "-o", str(b.out)]
+        ours, ref = alternate(plain + ["--decontaminate"], plain, b.env, b.reps, b.clean)
+        ratio = ours.t / ref.t
+        b.table.add("--decontaminate, one 12 MP photo", f"{ours.t:.2f}s, {ours.mb:.0f} MB",
+                    f"{ref.t:.2f}s, {ref.mb:.0f} MB (without)", f"{ratio:.2f}x time",
+                    "< 2x and < 1.5 GB", ratio < 2 and ours.mb < 1536,
+                    cpu=f"{ours.cpu / ref.cpu:.2f}x")
+    frames = 30
+    clip = b.work / "clip.mp4"
+    if not clip.exists():
+        make_clip(clip, frames)
+    video = b.bgrm + ["video", "--model", "u2netp", str(clip), "-o", str(b.work / "vedges")]
+    for what, extra in (("--decontaminate", ["--decontaminate"]),
+                        ("--crop (two passes)", ["--crop", "--crop-margin", "10"])):
+        ours, ref = alternate(video + extra, video, b.env, b.reps)
+        extra_cpu = (ours.cpu - ref.cpu) / frames
+        b.table.add(f"video {what}, 640x360", f"+{extra_cpu:.3f} cpu-s/frame",
+                    f"{ref.cpu / frames:.3f} cpu-s/frame without", f"{ours.t / ref.t:.2f}x time",
+                    "(stated in README)", None, cpu=f"{ours.cpu / ref.cpu:.2f}x")
+
+
+ROWS.append(row_edges)
+
+
 if __name__ == "__main__":
     main()

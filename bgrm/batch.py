@@ -168,8 +168,8 @@ def run_job(job: Job, progress: Callable[[int], None]) -> Result:
         segmenter = get_segmenter(job.runtime.model, job.runtime.device, job.runtime.threads,
                                   job.runtime.spinning)
         module = importlib.import_module(PROCESSORS[job.kind])
-        notes = module.process_file(job.src, job.dst, job.options, segmenter, progress)
-        return Result(job.name, job.dst, notes=list(notes or []))
+        done = module.process_file(job.src, job.dst, job.options, segmenter, progress)
+        return Result(job.name, job.dst, notes=list(done.notes), crop_box=done.crop_box)
     except BgrmError as exc:
         # The traceback is kept for --traceback; the user sees the one line.
         return Result(job.name, error=_one_line(str(exc)), traceback=traceback.format_exc())

@@ -124,9 +124,12 @@ def _without_effect(job: str, typed: dict, opts) -> list[str]:
     """Flags the user typed that these options will ignore: say so, rather than
     leave them wondering why `--bg-color-value red` gave a transparent PNG."""
     said = []
-    unused = [PARAM_BY_NAME[n].flag for n in _MATTING_FLAGS if n in typed]
-    if unused and not opts.matting.enabled:
-        said.append(f"{', '.join(unused)}: no effect without --alpha-matting")
+    # ViTMatte's trimap reads the thresholds and erosion too, not the base size.
+    unused = [PARAM_BY_NAME[n].flag for n in _MATTING_FLAGS if n in typed
+              and not (opts.matting.enabled or opts.edges.vitmatte and n != "alpha_base_size")]
+    if unused:
+        said.append(f"{', '.join(unused)}: no effect without --alpha-matting"
+                    + ("" if "--alpha-base-size" in unused else " or --vitmatte"))
     if job == "image" and "bg_color_value" in typed and opts.bg_type != "color":
         said.append("--bg-color-value: no effect without --bg-type color")
     return said

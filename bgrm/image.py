@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bgrm import compose
+from bgrm import compose, edges
 from bgrm.errors import InputError
 from bgrm.options import ImageOptions
 
@@ -34,6 +34,8 @@ JPEG_QUALITY = 95
 # EXIF tag of the orientation: decode() applies it to the pixels, so an output
 # that kept it would be turned a second time by every viewer.
 _ORIENTATION = 0x0112
+# render()'s picture.info key for the --crop box (left, top, right, bottom).
+CROP_BOX = "bgrm_crop_box"
 
 
 @dataclass
@@ -218,14 +220,9 @@ def load_background(path: Path) -> Image.Image:
 def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     """Decoded image -> the output picture for these options."""
     rgb = decoded.rgb
+    edges.import_early(opts.edges)
     mask = np.asarray(segmenter.mask(Image.fromarray(rgb)))
-    fg = rgb
-    if opts.matting.enabled:
-        from bgrm.matte import matte
-
-        alpha, fg = matte(rgb, mask, opts.matting)
-    else:
-        alpha = mask
+    alpha, fg = edges.refine(rgb, mask, opts.matting, opts.edges)
     if decoded.alpha is not None:
         # What was already transparent in the input stays transparent.
         alpha = (alpha.astype(np.uint16) * decoded.alpha // 255).astype(np.uint8)
@@ -238,6 +235,12 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
         picture = Image.fromarray(compose.over(fg, alpha, back))
     else:
         picture = Image.fromarray(compose.cutout(fg, alpha))
+    if opts.edges.crop:
+        box = edges.crop_box(edges.subject_box(alpha), opts.edges.crop_margin,
+                             (rgb.shape[1], rgb.shape[0]))
+        picture = picture.crop(box)
+        # process_file reports it (--json); the PNG encoder ignores unknown info keys.
+        picture.info[CROP_BOX] = box
     if decoded.icc_profile:
         picture.info["icc_profile"] = decoded.icc_profile  # encode_png writes it
     return picture
@@ -280,9 +283,10 @@ def encode(picture: Image.Image, out, fmt: str = "png", exif: bytes | None = Non
     encoder(picture, out)
 
 
-def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None) -> list[str]:
-    """Read ``src``, write its result to ``dst`` atomically; return notes for the user."""
+def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None):
+    """Read ``src``, write its result to ``dst`` atomically; return its notes (and crop box)."""
     from bgrm.outputs import atomic_path
+    from bgrm.report import Processed
 
     decoded = decode(src, str(src))
     picture = render(decoded, opts, segmenter)
@@ -290,4 +294,4 @@ def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=N
         encode(picture, tmp, opts.format, decoded.exif)
     if progress:
         progress(1)
-    return decoded.notes
+    return Processed(decoded.notes, picture.info.get(CROP_BOX))

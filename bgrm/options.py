@@ -133,6 +133,13 @@ class Param:
 
 
 _MATTING = ("image", "video")
+# Largest --mask-grow / --mask-feather: far beyond any edge, small enough that
+# a typo cannot run for minutes.
+_EDGE_PX = 500
+# rembg's ViTMatte checkpoints: registry rows vitmatte-<variant> in bgrm.models.
+VITMATTE_DEFAULT = "small-distinctions-646"
+VITMATTE_VARIANTS = ("small-distinctions-646", "small-composition-1k",
+                     "base-distinctions-646", "base-composition-1k")
 PARAMS: tuple[Param, ...] = (
     Param("model", "model", None,
           "A model by name (bgrm models list: u2net, isnet-general-use, birefnet-general, "
@@ -174,6 +181,39 @@ PARAMS: tuple[Param, ...] = (
           jobs=("video",)),
     Param("temporal_smoothing", "float", 0.8, "Steadiness of video masks, 0 turns it off.",
           jobs=("video",)),
+    # Edge and cut controls (bgrm.edges). Each help names its place in the one
+    # order: model > post-process > grow/shrink > matting or ViTMatte > feather
+    # > decontaminate > compose > crop.
+    Param("post_process_mask", "bool", False,
+          "Clean the mask as rembg does (opening, blur, threshold: hard edge). "
+          "Order: model > [post-process] > grow > matting|ViTMatte > feather > "
+          "decontaminate > compose > crop."),
+    Param("mask_grow", "int", 0,
+          "Move the mask's edge out by PX pixels (negative: in), at full size. "
+          "Order: model > post-process > [grow] > matting|ViTMatte > feather > "
+          "decontaminate > compose > crop.", lo=-_EDGE_PX, hi=_EDGE_PX),
+    Param("vitmatte", "bool", False,
+          "Refine the edge with ViTMatte (rembg's learned matting; uses --alpha-fg, "
+          "--alpha-bg, --alpha-erode; unmixes colour as --decontaminate). "
+          "Order: model > post-process > grow > [matting|ViTMatte] > feather > "
+          "decontaminate > compose > crop."),
+    Param("vitmatte_model", "choice", None,
+          "ViTMatte checkpoint (file in the models folder) [default: "
+          f"{VITMATTE_DEFAULT}].", choices=VITMATTE_VARIANTS),
+    Param("mask_feather", "int", 0,
+          "Soften the edge over about PX pixels each side (Gaussian, sigma PX/2). "
+          "Order: model > post-process > grow > matting|ViTMatte > [feather] > "
+          "decontaminate > compose > crop.", lo=0, hi=_EDGE_PX),
+    Param("decontaminate", "bool", False,
+          "Take the old background's colour out of soft edge pixels. "
+          "Order: model > post-process > grow > matting|ViTMatte > feather > "
+          "[decontaminate] > compose > crop."),
+    Param("crop", "bool", False,
+          "Cut the output to the subject's box (alpha > 8/255; one box per video). "
+          "Order: model > post-process > grow > matting|ViTMatte > feather > "
+          "decontaminate > compose > [crop]."),
+    Param("crop_margin", "int", 0, "Pixels kept around the subject's box with --crop "
+          "(clamped to the picture).", lo=0, hi=100_000),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
 # Keys a migrating user's params dict may carry that select nothing here.
@@ -190,10 +230,39 @@ class MattingOptions:
 
 
 @dataclass(frozen=True)
+class EdgeOptions:
+    """The edge and cut steps (bgrm.edges), in their fixed order."""
+
+    post_process_mask: bool = False
+    mask_grow: int = 0
+    vitmatte: bool = False
+    vitmatte_model: str | None = None  # None: VITMATTE_DEFAULT
+    mask_feather: int = 0
+    decontaminate: bool = False
+    crop: bool = False
+    crop_margin: int = 0
+
+    def check(self, matting: MattingOptions, colourless: str | None) -> None:
+        """Refuse combinations that mean nothing; ``colourless`` names an output
+        without colour (only_mask, mattekey), or is None."""
+        if self.vitmatte and matting.enabled:
+            raise ParameterError("--vitmatte and --alpha-matting both refine the edge; "
+                                 "choose one")
+        if self.vitmatte_model is not None and not self.vitmatte:
+            raise ParameterError("--vitmatte-model is used only with --vitmatte")
+        if self.crop_margin and not self.crop:
+            raise ParameterError("--crop-margin is used only with --crop")
+        if self.decontaminate and colourless:
+            raise ParameterError(f"--decontaminate changes colours, and {colourless} has "
+                                 "none")
+
+
+@dataclass(frozen=True)
 class ImageOptions:
     model: str | None = None
     model_family: str | None = None  # for a model given as a path; None: u2net
     matting: MattingOptions = field(default_factory=MattingOptions)
+    edges: EdgeOptions = field(default_factory=EdgeOptions)
     only_mask: bool = False
     bg_type: str = "transparent"
     bg_color: tuple[int, int, int] = (255, 255, 255)
@@ -213,6 +282,7 @@ class ImageOptions:
         if self.only_mask and self.bg_type != "transparent":
             raise ParameterError("only_mask (--only-mask) cannot be combined with --bg-type "
                                  f"{self.bg_type}")
+        self.edges.check(self.matting, "--only-mask" if self.only_mask else None)
 
 
 @dataclass(frozen=True)
@@ -220,6 +290,7 @@ class VideoOptions:
     model: str | None = None
     model_family: str | None = None  # for a model given as a path; None: u2net
     matting: MattingOptions = field(default_factory=MattingOptions)
+    edges: EdgeOptions = field(default_factory=EdgeOptions)
     video_format: str = "mov"
     video_bg_color_enabled: bool = False
     video_bg_color: tuple[int, int, int] = (0, 255, 0)
@@ -248,6 +319,7 @@ class VideoOptions:
         if not 0.0 <= self.temporal_smoothing < 1.0:
             raise ParameterError("--temporal-smoothing must be at least 0 and below 1, "
                                  f"got {self.temporal_smoothing}")
+        self.edges.check(self.matting, "video_format mattekey" if fmt == "mattekey" else None)
 
 
 def params_for(job: str) -> tuple[Param, ...]:
@@ -284,8 +356,9 @@ def build(job: str, values: Mapping[str, Any]) -> ImageOptions | VideoOptions:
     matting = MattingOptions(
         enabled=bool(values["alpha_matting"]), fg=values["alpha_fg"], bg=values["alpha_bg"],
         erode=values["alpha_erode"], base_size=values["alpha_base_size"])
+    edges = EdgeOptions(**{f.name: values[f.name] for f in dataclasses.fields(EdgeOptions)})
     common = {"model": values["model"] or None, "model_family": values["model_family"],
-              "matting": matting}
+              "matting": matting, "edges": edges}
     if job == "image":
         return ImageOptions(**common, only_mask=bool(values["only_mask"]),
                             bg_type=values["bg_type"], bg_color=values["bg_color_value"],

@@ -93,6 +93,10 @@ def _stdin_image(opts, model, device, threads) -> ExitStatus:
 def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, threads,
                 skip_existing, as_json, progress, show_traceback, scheduler) -> ExitStatus:
     inputs = list(inputs)
+    if opts.edges.vitmatte:
+        from bgrm.vitmatte import model_path
+
+        model_path(opts.edges.vitmatte_model)  # missing or corrupt: one error before any work
     if "-" in inputs:
         if job != "image" or len(inputs) > 1 or as_json or scheduler:
             raise ParameterError("- (stdin) works for `bgrm image` with a single input "
