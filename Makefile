@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install test bench lint demo clean
+.PHONY: install test bench lint demo pictures clean
 
 install: $(STAMP)
 
@@ -22,7 +22,11 @@ bench: install
 	$(PY) bench/bench.py
 
 lint: install
-	$(VENV)/bin/ruff check bgrm tests bench
+	$(VENV)/bin/ruff check bgrm tests bench docs
+
+# The README's pictures (docs/*.jpg), made by the real tool on the fixtures.
+pictures: install
+	$(PY) docs/pictures.py
 
 demo: install
 	$(VENV)/bin/bgrm image fixtures/astronaut.png fixtures/chelsea.png fixtures/rocket.jpg -o demo --json

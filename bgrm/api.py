@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from bgrm.models import ResolvedModel
+    from bgrm.report import Processed
 
 Progress = Callable[[int], None]
 
@@ -42,8 +43,9 @@ class Job(Protocol):
         """The extension of the files this job writes with ``opts``."""
 
     def process_file(self, src: Path, dst: Path, opts, segmenter,
-                     progress: Progress | None = None) -> list[str]:
-        """Write ``src`` processed to ``dst`` atomically; return notes for the user.
+                     progress: Progress | None = None) -> Processed:
+        """Write ``src`` processed to ``dst`` atomically; return its notes for the
+        user (and ``--crop``'s box).
 
         ``progress(n)`` hears about units done (the file, or frames); any
         failure is raised, as a ``BgrmError`` when the user can fix it.
@@ -54,9 +56,9 @@ class _ImageJob:
     name = "image"
 
     def output_extension(self, opts: ImageOptions) -> str:
-        return "png"
+        return opts.format
 
-    def process_file(self, src, dst, opts, segmenter, progress=None) -> list[str]:
+    def process_file(self, src, dst, opts, segmenter, progress=None) -> Processed:
         from bgrm import image
 
         return image.process_file(src, dst, opts, segmenter, progress)
@@ -68,9 +70,9 @@ class _VideoJob:
     def output_extension(self, opts: VideoOptions) -> str:
         from bgrm.video.formats import FORMATS
 
-        return FORMATS[opts.video_format].ext
+        return FORMATS[opts.video_format].ext  # "": a folder (PNG sequence)
 
-    def process_file(self, src, dst, opts, segmenter, progress=None) -> list[str]:
+    def process_file(self, src, dst, opts, segmenter, progress=None) -> Processed:
         from bgrm.video import pipeline
 
         return pipeline.process_file(src, dst, opts, segmenter, progress)
@@ -86,9 +88,10 @@ def _options(job: str, params: dict[str, Any]) -> ImageOptions | VideoOptions:
 class Session:
     """A model loaded once and kept for many calls.
 
-    ``model`` is a registry name (``u2net``, ``u2net_human_seg``, ``u2netp``) or
-    a path to an ``.onnx`` file; ``None`` means u2net when installed, otherwise
-    the bundled u2netp (with a warning).
+    ``model`` is a registry name (``u2net``, ``isnet-general-use``,
+    ``birefnet-general``... : ``bgrm models list``) or a path to an ``.onnx``
+    file, run the way ``model_family`` says (default ``u2net``); ``None`` means
+    u2net when installed, otherwise the bundled u2netp (with a warning).
 
     >>> from PIL import Image
     >>> session = bgrm.Session("u2netp")
@@ -97,14 +100,16 @@ class Session:
     ['L', 'L']
     """
 
-    def __init__(self, model: str | ResolvedModel | None = None, *, device: str = "auto",
+    def __init__(self, model: str | ResolvedModel | None = None, *,
+                 model_family: str | None = None, device: str = "auto",
                  threads: int | None = None, spinning: bool = True):
         from bgrm.models import ResolvedModel, resolve
         from bgrm.segment import get_segmenter
 
         if not isinstance(model, ResolvedModel):
-            model = resolve(model, notice=lambda m: warnings.warn(m.removeprefix("bgrm: "),
-                                                                  stacklevel=3))
+            model = resolve(model, model_family,
+                            notice=lambda m: warnings.warn(m.removeprefix("bgrm: "),
+                                                           stacklevel=3))
         self.model = model
         # One session per process and settings (segment's cache): another
         # Session with the same settings shares it.
@@ -115,6 +120,11 @@ class Session:
         if model is not None and model not in (self.model.spec.name, str(self.model.path)):
             raise ParameterError(f"model: this session runs {self.model.spec.name}, not "
                                  f"{model!r}; make a Session for that model")
+        family = params.pop("model_family", None)
+        if family is not None and family != self.model.spec.family:
+            raise ParameterError(f"model_family: this session runs {self.model.spec.name} as "
+                                 f"{self.model.spec.family}, not {family!r}; make a Session "
+                                 "with that model_family")
 
     def remove(self, image: Image.Image | bytes | np.ndarray, **params: Any):
         """``image`` without its background: a PIL image, PNG bytes or a numpy
@@ -135,19 +145,21 @@ class Session:
         b'GIF89a'
         """
         self._check_model(params)
-        return self.write("video", Path(src), Path(dst), _options("video", params))
+        opts = _options("video", params)
+        return list(self.write("video", Path(src), Path(dst), opts).notes)
 
     def write(self, job: str, src: Path, dst: Path, opts, progress: Progress | None = None
-              ) -> list[str]:
+              ) -> Processed:
         """One input file -> one output file with options already built (the CLI's way in)."""
         return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
 
     def cut(self, data: Image.Image | bytes, opts: ImageOptions, name: str = "<image>"):
-        """(picture, notes) for an image in memory, with options already built."""
+        """(picture, decoded) for an image in memory, with options already built:
+        ``decoded`` holds the input's notes and EXIF for ``image.encode``."""
         from bgrm.image import decode, from_picture, render
 
         decoded = decode(data, name) if isinstance(data, bytes) else from_picture(data, name)
-        return render(decoded, opts, self.segmenter), decoded.notes
+        return render(decoded, opts, self.segmenter), decoded
 
 
 def remove_with(session: Session, image, opts: ImageOptions):
@@ -155,12 +167,12 @@ def remove_with(session: Session, image, opts: ImageOptions):
     import numpy as np
     from PIL import Image
 
-    from bgrm.image import encode_png
+    from bgrm.image import encode
 
     if isinstance(image, (bytes, bytearray, memoryview)):
-        picture, _ = session.cut(bytes(image), opts)
+        picture, decoded = session.cut(bytes(image), opts)
         out = io.BytesIO()
-        encode_png(picture, out)
+        encode(picture, out, opts.format, decoded.exif)
         return out.getvalue()
     if isinstance(image, np.ndarray):
         picture, _ = session.cut(Image.fromarray(image), opts)
@@ -173,22 +185,26 @@ def remove_with(session: Session, image, opts: ImageOptions):
 _SESSIONS: dict[tuple, Session] = {}
 
 
-def _session(model: str | None) -> Session:
-    if model not in _SESSIONS:
-        _SESSIONS[model] = Session(model)
-    return _SESSIONS[model]
+def _session(opts: ImageOptions | VideoOptions) -> Session:
+    key = (opts.model, opts.model_family)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = Session(opts.model, model_family=opts.model_family)
+    return _SESSIONS[key]
 
 
 def remove(image: Image.Image | bytes | np.ndarray, **params: Any):
     """``image`` without its background, returned as the kind that came in.
 
     A PIL image gives a PIL image, bytes (any format Pillow reads) give PNG
-    bytes, a numpy array gives a numpy array (H x W x 4 RGBA; H x W with
-    ``only_mask``). ``params`` are the API's: ``model``, ``alpha_matting``,
-    ``alpha_fg``, ``alpha_bg``, ``alpha_erode``, ``alpha_base_size``,
-    ``only_mask``, ``bg_type``, ``bg_color_value``, ``bg_image``; values as the
-    API takes them (``"true"``, ``"240"``) or typed. The model stays loaded
-    for the next call; see ``Session`` to choose where it runs.
+    bytes (or ``format``'s: webp, jpg), a numpy array gives a numpy array
+    (H x W x 4 RGBA; H x W with ``only_mask``). ``params`` are the API's image
+    parameters (``bgrm.options.PARAMS``): ``model``, ``model_family``,
+    ``alpha_matting``, ``alpha_fg``, ``alpha_bg``, ``alpha_erode``,
+    ``alpha_base_size``, ``only_mask``, ``bg_type``, ``bg_color_value``,
+    ``bg_image``, ``format``, and the edge steps (``post_process_mask``,
+    ``mask_grow``, ``vitmatte``, ``mask_feather``, ``decontaminate``, ``crop``
+    ...); values as the API takes them (``"true"``, ``"240"``) or typed. The
+    model stays loaded for the next call; see ``Session`` to choose where it runs.
 
     >>> png = bgrm.remove(open(photo, "rb").read(), bg_type="color", bg_color_value="#3366cc")
     >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
@@ -199,7 +215,7 @@ def remove(image: Image.Image | bytes | np.ndarray, **params: Any):
     (300, 451)
     """
     opts = _options("image", params)
-    return remove_with(_session(opts.model), image, opts)
+    return remove_with(_session(opts), image, opts)
 
 
 def remove_video(src: str | Path, dst: str | Path, **params: Any) -> list[str]:
@@ -211,4 +227,4 @@ def remove_video(src: str | Path, dst: str | Path, **params: Any) -> list[str]:
     True
     """
     opts = _options("video", params)
-    return _session(opts.model).write("video", Path(src), Path(dst), opts)
+    return list(_session(opts).write("video", Path(src), Path(dst), opts).notes)

@@ -12,7 +12,8 @@ from pathlib import Path
 from bgrm.outputs import SUFFIX, is_output_name
 from bgrm.report import Result
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
+                    ".heic", ".heif", ".hif", ".avif")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".mpg",
                     ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
 EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
@@ -24,6 +25,9 @@ def expand(inputs: list[str], kind: str, recursive: bool,
 
     A missing input becomes a failed Result in its place, so the report keeps
     the order the user gave. ``warn`` hears about folders with nothing to do.
+    A file met a second time (named twice, through a link, or inside a folder
+    also given) is processed once: its later places hold a Result that says
+    which input it is the same file as.
     """
     files: list[Path | Result] = []
     for item in inputs:
@@ -53,7 +57,30 @@ def expand(inputs: list[str], kind: str, recursive: bool,
             files.append(path)
         else:
             files.append(Result(item, error=f"{item}: no such file or folder"))
-    return files
+    return _once(files)
+
+
+def _once(files: list[Path | Result]) -> list[Path | Result]:
+    """Later copies of a file already listed -> a Result naming the first."""
+    first: dict[tuple[int, int], Path] = {}
+    out: list[Path | Result] = []
+    for entry in files:
+        if isinstance(entry, Path):
+            try:
+                st = entry.stat()
+                # (device, inode) for files; FIFOs and devices are left to their job.
+                key = (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+            except OSError:
+                key = None
+            if key is not None and key in first:
+                out.append(Result(str(entry), same_as=str(first[key]),
+                                  notes=[f"{entry}: the same file as {first[key]}; "
+                                         "processed once"]))
+                continue
+            if key is not None:
+                first[key] = entry
+        out.append(entry)
+    return out
 
 
 def _hidden(relative: Path) -> bool:
@@ -62,27 +89,43 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def name_outputs(files: list[Path], output_dir: Path | None, ext: str) -> list[Path]:
+def name_outputs(files: list[Path], output_dir: Path | None, ext: str,
+                 roots: list[str] | tuple[str, ...] = ()) -> list[Path]:
     """``<stem>_processed.<ext>`` beside each input or in ``output_dir``.
 
-    Two inputs that would share an output (same stem from different folders
-    into one output folder) never overwrite each other: later ones get
-    ``_2``, ``_3``... in input order, so reruns give the same names.
+    In ``output_dir``, a file found inside one of the folders among ``roots``
+    (the inputs as given) keeps its place in that folder's tree:
+    ``shots/a/x.jpg`` with root ``shots`` -> ``out/a/x_processed.png``. Two
+    inputs that would still share an output (same stem from two folders
+    given) never overwrite each other: later ones get ``_2``, ``_3``... in
+    input order, so reruns give the same names.
     """
     taken: set[Path] = set()
     inputs = {p.resolve() for p in files}
+    # abspath, not resolve(): a linked folder or file keeps the place it was found at.
+    folders = [Path(os.path.abspath(r)) for r in roots if r.strip() and Path(r).is_dir()]
     names = []
     for src in files:
-        folder = output_dir if output_dir is not None else src.parent
+        folder = src.parent if output_dir is None else output_dir / _place(src, folders)
         base = f"{src.stem}{SUFFIX}"
-        dst = folder / f"{base}.{ext}"
+        dot = f".{ext}" if ext else ""  # no extension: a folder (PNG sequence)
+        dst = folder / f"{base}{dot}"
         n = 2
         while dst.resolve() in taken or dst.resolve() in inputs:
-            dst = folder / f"{base}_{n}.{ext}"
+            dst = folder / f"{base}_{n}{dot}"
             n += 1
         taken.add(dst.resolve())
         names.append(dst)
     return names
+
+
+def _place(src: Path, folders: list[Path]) -> Path:
+    """Where ``src`` sits inside the first given folder that holds it ('' if none)."""
+    parent = Path(os.path.abspath(src)).parent
+    for folder in folders:
+        if parent.is_relative_to(folder):
+            return parent.relative_to(folder)
+    return Path()
 
 
 # Mean picture size from which plain cutouts run on threads too: around there

@@ -47,7 +47,8 @@ def _click_option(p):
         kwargs["help"] += f"  [default: {p.default}]"
     elif p.kind == "choice":
         kwargs["type"] = click.Choice(p.choices)
-        kwargs["help"] += f"  [default: {p.default}]"
+        if p.default is not None:
+            kwargs["help"] += f"  [default: {p.default}]"
     elif p.kind == "color":
         kwargs["type"] = ColorType()
         kwargs["help"] += "  [default: #{:02x}{:02x}{:02x}]".format(*p.default)
@@ -125,9 +126,12 @@ def _without_effect(job: str, typed: dict, opts) -> list[str]:
     """Flags the user typed that these options will ignore: say so, rather than
     leave them wondering why `--bg-color-value red` gave a transparent PNG."""
     said = []
-    unused = [PARAM_BY_NAME[n].flag for n in _MATTING_FLAGS if n in typed]
-    if unused and not opts.matting.enabled:
-        said.append(f"{', '.join(unused)}: no effect without --alpha-matting")
+    # ViTMatte's trimap reads the thresholds and erosion too, not the base size.
+    unused = [PARAM_BY_NAME[n].flag for n in _MATTING_FLAGS if n in typed
+              and not (opts.matting.enabled or opts.edges.vitmatte and n != "alpha_base_size")]
+    if unused:
+        said.append(f"{', '.join(unused)}: no effect without --alpha-matting"
+                    + ("" if "--alpha-base-size" in unused else " or --vitmatte"))
     if job == "image" and "bg_color_value" in typed and opts.bg_type != "color":
         said.append("--bg-color-value: no effect without --bg-type color")
     return said
@@ -146,7 +150,8 @@ def cli():
 def image(ctx, **kwargs):
     """Remove the background from images: files, folders, or - for stdin.
 
-    Each INPUT gives <stem>_processed.png beside it (or in --output-dir).
+    Each INPUT gives <stem>_processed.png (or .webp, .jpg: --format) beside it
+    (or in --output-dir).
     """
     _run(ctx, "image", kwargs)
 
@@ -155,7 +160,7 @@ def image(ctx, **kwargs):
 @job_options("video")
 @click.pass_context
 def video(ctx, **kwargs):
-    """Remove the background from videos, in one of seven output formats.
+    """Remove the background from videos, in one of nine output formats.
 
     Each INPUT gives <stem>_processed.<ext> beside it (or in --output-dir).
     """

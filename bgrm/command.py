@@ -36,8 +36,8 @@ def _check_background(opts) -> None:
 
 
 def _stdin_image(opts, model: ResolvedModel, device, threads) -> ExitStatus:
-    """``bgrm image -``: bytes on stdin, PNG on stdout."""
-    from bgrm.image import encode_png
+    """``bgrm image -``: bytes on stdin, the picture (PNG, or --format) on stdout."""
+    from bgrm.image import encode
 
     if sys.stdout.isatty():
         raise ParameterError("-: refusing to write a PNG to a terminal; redirect stdout")
@@ -48,11 +48,11 @@ def _stdin_image(opts, model: ResolvedModel, device, threads) -> ExitStatus:
     if not data:
         raise ParameterError("-: nothing on standard input")
     with stdout_to_stderr():
-        picture, notes = Session(model, device=device, threads=threads).cut(data, opts,
-                                                                            "<stdin>")
-        for note in notes:
+        picture, decoded = Session(model, device=device, threads=threads).cut(data, opts,
+                                                                              "<stdin>")
+        for note in decoded.notes:
             _say(note)
-    encode_png(picture, sys.stdout.buffer)
+    encode(picture, sys.stdout.buffer, opts.format, decoded.exif)
     sys.stdout.buffer.flush()
     return ExitStatus.OK
 
@@ -79,7 +79,9 @@ def _plan(job: str, opts, model: ResolvedModel, files: list[Path], *, processes,
     # (batch.default_file_threads), video uses all cores per file.
     workers = 1 if scheduler else processes or 1
     matting = opts.matting.enabled
-    file_threads = 1 if scheduler or processes else \
+    # A 1024-input model: one file at a time (a second inference at once would
+    # double its activation memory, and one already keeps every core busy).
+    file_threads = 1 if scheduler or processes or model.big else \
         batch.default_file_threads(job, files, matting)
     if not scheduler:
         at_once = max(1, min(workers * file_threads, len(files) or 1))
@@ -90,40 +92,53 @@ def _plan(job: str, opts, model: ResolvedModel, files: list[Path], *, processes,
     # where spinning only steals their cores (README, Speed).
     runtime = Runtime(model, device, threads, skip_existing, show_traceback,
                       spinning=not matting and job == "image")
-    if device == "cuda" and workers > 1 and not model.custom:
-        from bgrm.segment import check_device
-
-        check_device(device)  # one clear error, not the same one for every file
-    if (workers <= 1 and not scheduler) or model.custom:
-        # Load (and so check) the model before the first file: a wrong graph
-        # is one clear error, not one per file.
-        Session(model, device="cpu" if scheduler else device, threads=threads,
-                spinning=runtime.spinning)
+    _load_or_check_model(runtime, workers, scheduler, len(files))
     executor = executor_for(len(files), processes=workers, file_threads=file_threads,
                             timeout=timeout, scheduler=scheduler, say=_say)
     return runtime, executor
 
 
+def _load_or_check_model(runtime: Runtime, workers: int, scheduler: str | None,
+                         count: int) -> None:
+    """Check the model (and device) once, before the first file: a wrong graph is
+    one clear error, not one per file. Say when workers each load a big model."""
+    model, device = runtime.model, runtime.device
+    if device == "cuda" and workers > 1 and not model.custom:
+        from bgrm.segment import check_device
+
+        check_device(device)  # one clear error, not the same one for every file
+    if workers <= 1 and not scheduler:
+        # Loaded here and kept: the files run in this process on the same session.
+        Session(model, device=device, threads=runtime.threads, spinning=runtime.spinning)
+    elif model.custom:
+        from bgrm.segment import check_model
+
+        check_model(model)  # and let it go: the workers load their own copies
+    if min(workers, count) > 1 and model.big:
+        _say(f"{min(workers, count)} worker processes each load their own copy of "
+             f"{model.spec.name}"
+             + (f" (~{model.spec.approx_mb:.0f} MB on disk)" if not model.custom else ""))
+
+
 class _Console(Listener):
     """The progress bar on stderr, and each file's notes and failure, in input order."""
 
-    def __init__(self, job: str, count: int, show_bar: bool, show_traceback: bool):
-        self.job, self.show_traceback, self.bar = job, show_traceback, None
-        if show_bar and count:
-            from tqdm import tqdm
+    def __init__(self, job: str, tasks: list[Task], opts, show_bar: bool,
+                 show_traceback: bool):
+        self.show_traceback, self.bar = show_traceback, None
+        if show_bar and tasks:
+            from bgrm.progress import ProgressBar
 
-            self.bar = tqdm(total=count if job == "image" else None,
-                            unit="file" if job == "image" else "frame",
-                            file=sys.stderr, dynamic_ncols=True, leave=True)
+            self.bar = ProgressBar(job, tasks, opts)
 
     def progress(self, index: int, n: int) -> None:
-        # Images count whole files, failed and skipped ones too (in finished).
-        if self.bar is not None and self.job != "image":
-            self.bar.update(n)
+        # Video frames; images count whole files, failed and skipped ones too (finished).
+        if self.bar is not None:
+            self.bar.advance(index, n)
 
     def finished(self, index: int, result: Result) -> None:
-        if self.bar is not None and self.job == "image":
-            self.bar.update(1)
+        if self.bar is not None:
+            self.bar.finished(index, result)
 
     def result(self, index: int, result: Result) -> None:
         printer = self.bar.write if self.bar is not None else (lambda m: click.echo(m, err=True))
@@ -143,6 +158,10 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
                 skip_existing, as_json, progress, show_traceback, scheduler, timeout=None
                 ) -> ExitStatus:
     inputs = list(inputs)
+    if opts.edges.vitmatte:
+        from bgrm.vitmatte import model_path
+
+        model_path(opts.edges.vitmatte_model)  # missing or corrupt: one error before any work
     if "-" in inputs:
         if job != "image" or len(inputs) > 1 or as_json or scheduler:
             raise ParameterError("- (stdin) works for `bgrm image` with a single input "
@@ -152,10 +171,10 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
                                  "does not apply")
         if opts.bg_type == "image":
             _check_background(opts)
-        return _stdin_image(opts, resolve(opts.model), device, threads)
+        return _stdin_image(opts, resolve(opts.model, opts.model_family), device, threads)
     if job == "image" and opts.bg_type == "image":
         _check_background(opts)
-    model = resolve(opts.model)
+    model = resolve(opts.model, opts.model_family)
     entries = batch.expand(inputs, job, recursive, warn=_say)
     files = [e for e in entries if isinstance(e, Path)]
     if output_dir is not None:
@@ -164,13 +183,14 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
                               threads=threads, skip_existing=skip_existing,
                               show_traceback=show_traceback, scheduler=scheduler,
                               timeout=timeout)
-    dsts = batch.name_outputs(files, output_dir, JOBS[job].output_extension(opts))
+    dsts = batch.name_outputs(files, output_dir, JOBS[job].output_extension(opts), inputs)
     tasks = [Task(job, src, dst, str(src), opts, runtime)
              for src, dst in zip(files, dsts, strict=True)]
     for entry in entries:
-        if isinstance(entry, Result):
-            _say(entry.error)
-    console = _Console(job, len(tasks), sys.stderr.isatty() if progress is None else progress,
+        if isinstance(entry, Result):  # missing, or the same file as an earlier input
+            for line in [entry.error] if entry.error else entry.notes:
+                _say(line)
+    console = _Console(job, tasks, opts, sys.stderr.isatty() if progress is None else progress,
                        show_traceback)
     try:
         with stdout_to_stderr():

@@ -43,6 +43,10 @@ class ParameterError(BgrmError):
     exit_status = ExitStatus.USAGE
 
 
+class DownloadError(BgrmError):
+    """A model download that failed on the way (network, HTTP status, cut short)."""
+
+
 class ClusterError(BgrmError):
     """The Dask scheduler cannot be reached, or its workers cannot run bgrm."""
 

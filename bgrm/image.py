@@ -1,4 +1,4 @@
-"""One image: decode (orientation, any mode) -> mask -> matte -> compose -> PNG."""
+"""One image: decode (orientation, any mode) -> mask -> matte -> compose -> PNG, WebP or JPEG."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bgrm import compose
+from bgrm import compose, edges
 from bgrm.errors import InputError, first_line
 from bgrm.options import ImageOptions
 
@@ -28,6 +28,14 @@ Image.MAX_IMAGE_PIXELS = None
 # fast but 25% larger. The README's "Speed" section has the figures.
 PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = 3  # zlib Z_RLE
+# JPEG output (opaque results only): 4:4:4 at 95 keeps a cut edge free of
+# chroma bleeding, which 4:2:0 smears over a solid background colour.
+JPEG_QUALITY = 95
+# EXIF tag of the orientation: decode() applies it to the pixels, so an output
+# that kept it would be turned a second time by every viewer.
+_ORIENTATION = 0x0112
+# render()'s picture.info key for the --crop box (left, top, right, bottom).
+CROP_BOX = "bgrm_crop_box"
 
 
 @dataclass
@@ -38,6 +46,9 @@ class Decoded:
     # The input's RGB colour profile (Display P3 phone photos, Adobe RGB), kept
     # so the output shows the same colours; None for sRGB-by-default inputs.
     icc_profile: bytes | None = None
+    # The input's EXIF (camera, date, GPS...) without its orientation, which
+    # the pixels already have; None when there was none.
+    exif: bytes | None = None
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
@@ -61,9 +72,25 @@ def _frames_note(im: Image.Image, name: str) -> str | None:
             "(use `bgrm video` for all of them)")
 
 
+@lru_cache(maxsize=1)
+def _register_heif() -> None:
+    """HEIC/HEIF (iPhone photos) through pillow-heif; Pillow reads AVIF itself.
+
+    Imported on the first decode rather than with the module (7 ms), and
+    registered once per process; pillow-heif turns the picture upright itself
+    (irot/imir boxes) and leaves an EXIF orientation of 1.
+    """
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # the decoder is a dependency; a broken install still reads the rest
+        return
+    register_heif_opener()
+
+
 def decode(data: bytes | Path, name: str) -> Decoded:
     """Read an image file (or bytes) into upright 8-bit RGB plus its own alpha."""
     notes: list[str] = []
+    _register_heif()
     if isinstance(data, Path) and _special(data):
         # A pipe with no writer would block forever, /dev/zero never ends.
         raise InputError(f"{name}: not a regular file (a pipe or a device); "
@@ -123,7 +150,18 @@ def _to_decoded(im: Image.Image, name: str, notes: list[str], icc: bytes | None)
         rgb, alpha = _to_rgb(im)
     except Exception as exc:  # noqa: BLE001 - as above, for a malformed file's pixels
         raise InputError(f"{name}: cannot convert its {im.mode} pixels to RGB ({exc})") from exc
-    return Decoded(rgb, alpha, notes, icc or None)
+    return Decoded(rgb, alpha, notes, icc or None, _exif_without_orientation(im))
+
+
+def _exif_without_orientation(im: Image.Image) -> bytes | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in decode: a damaged block is dropped
+            exif = im.getexif()
+        exif.pop(_ORIENTATION, None)
+        return exif.tobytes() if len(exif) else None
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is dropped, not the photo
+        return None
 
 
 def _what_it_is(data: bytes | Path) -> str:
@@ -135,7 +173,9 @@ def _what_it_is(data: bytes | Path) -> str:
     if head.startswith(b"%PDF"):
         return "a PDF document"
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
-        return "HEIC/HEIF: this Pillow has no decoder for it; convert it to JPEG or PNG"
+        return "HEIC/HEIF, but no decoder for it is installed (pip install pillow-heif)"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return "AVIF, but this Pillow has no AVIF decoder (Pillow 11.3 or later has one)"
     if head[4:8] == b"ftyp":
         return "an MP4/MOV-style media file, likely a video: use `bgrm video`"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -194,14 +234,9 @@ def load_background(path: Path) -> Image.Image:
 def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     """Decoded image -> the output picture for these options."""
     rgb = decoded.rgb
+    edges.import_early(opts.edges)
     mask = np.asarray(segmenter.mask(Image.fromarray(rgb)))
-    fg = rgb
-    if opts.matting.enabled:
-        from bgrm.matte import matte
-
-        alpha, fg = matte(rgb, mask, opts.matting)
-    else:
-        alpha = mask
+    alpha, fg = edges.refine(rgb, mask, opts.matting, opts.edges)
     if decoded.alpha is not None:
         # What was already transparent in the input stays transparent.
         alpha = (alpha.astype(np.uint16) * decoded.alpha // 255).astype(np.uint8)
@@ -214,6 +249,12 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
         picture = Image.fromarray(compose.over(fg, alpha, back))
     else:
         picture = Image.fromarray(compose.cutout(fg, alpha))
+    if opts.edges.crop:
+        box = edges.crop_box(edges.subject_box(alpha), opts.edges.crop_margin,
+                             (rgb.shape[1], rgb.shape[0]))
+        picture = picture.crop(box)
+        # process_file reports it (--json); the PNG encoder ignores unknown info keys.
+        picture.info[CROP_BOX] = box
     if decoded.icc_profile:
         picture.info["icc_profile"] = decoded.icc_profile  # encode_png writes it
     return picture
@@ -221,17 +262,50 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
 
 def encode_png(picture: Image.Image, out) -> None:
     picture.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL,
-                 compress_type=PNG_STRATEGY, icc_profile=picture.info.get("icc_profile"))
+                 compress_type=PNG_STRATEGY, icc_profile=picture.info.get("icc_profile"),
+                 **_exif(picture))
 
 
-def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None) -> list[str]:
-    """Read ``src``, write its result to ``dst`` atomically; return notes for the user."""
+def encode_webp(picture: Image.Image, out) -> None:
+    # Lossless keeps the alpha and every edge exactly as a PNG would. Method 1
+    # at effort 0: near the smallest files libwebp makes, in a fraction of the
+    # default's time (README, Speed).
+    picture.save(out, format="WEBP", lossless=True, quality=0, method=1,
+                 icc_profile=picture.info.get("icc_profile") or b"", **_exif(picture))
+
+
+def encode_jpg(picture: Image.Image, out) -> None:
+    if picture.mode not in ("RGB", "L"):
+        # ImageOptions refuses jpg for transparent results; this is the last guard.
+        raise ValueError(f"JPEG cannot hold a {picture.mode} picture")
+    picture.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0,
+                 icc_profile=picture.info.get("icc_profile"), **_exif(picture))
+
+
+def _exif(picture: Image.Image) -> dict:
+    exif = picture.info.get("exif")
+    return {"exif": exif} if exif else {}
+
+
+def encode(picture: Image.Image, out, fmt: str = "png", exif: bytes | None = None) -> None:
+    """Write ``picture`` to ``out`` (a path or a binary file) as ``fmt``, with the
+    input's EXIF (orientation already applied) and colour profile."""
+    if exif:
+        picture.info["exif"] = exif  # beside the colour profile, as render leaves it
+    # Looked up at each call, so a test can stand in for one encoder.
+    encoder = {"png": encode_png, "webp": encode_webp, "jpg": encode_jpg}[fmt]
+    encoder(picture, out)
+
+
+def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=None):
+    """Read ``src``, write its result to ``dst`` atomically; return its notes (and crop box)."""
     from bgrm.outputs import atomic_path
+    from bgrm.report import Processed
 
     decoded = decode(src, str(src))
     picture = render(decoded, opts, segmenter)
     with atomic_path(dst) as tmp:
-        encode_png(picture, tmp)
+        encode(picture, tmp, opts.format, decoded.exif)
     if progress:
         progress(1)
-    return decoded.notes
+    return Processed(decoded.notes, picture.info.get(CROP_BOX))

@@ -1,4 +1,4 @@
-"""``bgrm models``: see, verify and install the U^2-Net models bgrm uses.
+"""``bgrm models``: see, verify and install the models bgrm knows by name.
 
 Imports only click and bgrm.models (hashlib, json), so ``bgrm --help`` stays light;
 tqdm and urllib are imported by ``install`` when it runs.
@@ -13,25 +13,37 @@ import click
 
 from bgrm.errors import ExitStatus
 from bgrm.models import REGISTRY, install, is_url, models_dir, status
+from bgrm.models.store import mismatch
 
 
 def _size(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
+def _licence(text: str) -> str:
+    """The licence's name without its explanation, for the table."""
+    return text.split(" (", 1)[0].split(":", 1)[0]
+
+
 @click.group()
 def models():
-    """See, verify and install models (u2net, u2net_human_seg, u2netp).
+    """See, verify and install models (U^2-Net, IS-Net, BiRefNet, BRIA RMBG, ViTMatte).
 
     Models live in $BGRM_MODELS, else $U2NET_HOME, else ~/.u2net; u2netp is
-    also bundled. Only `bgrm models install NAME --from URL` uses the network.
+    also bundled. Only `bgrm models install` uses the network.
     """
 
 
-@models.command("list", short_help="List the models with status, size and path.")
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON on stdout.")
+@models.command("list", short_help="List the models: status, size, licence.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the list as JSON on stdout (with checksums, URLs, sources).")
 def list_models(as_json: bool) -> None:
-    """List the models: status (bundled, installed, missing, corrupt), size, path."""
+    """List the models: family, status (bundled, installed, missing, corrupt),
+    size (approximate while missing), licence of the weights, and path.
+
+    Check a model's licence at its source before commercial use: --json gives
+    the full text and the source of each.
+    """
     rows = [status(spec) for spec in REGISTRY.values()]
     if as_json:
         click.echo(json.dumps({"models_dir": str(models_dir()),
@@ -40,16 +52,18 @@ def list_models(as_json: bool) -> None:
     click.echo(f"models directory: {models_dir()}")
     width = max(len(name) for name in REGISTRY)
     for row in rows:
-        click.echo(f"{row.spec.name:<{width}}  {row.status:<9}  {_size(row.size):>9}  "
-                   f"{row.path}")
+        spec = row.spec
+        size = _size(row.size) if row.size is not None else f"~{spec.approx_mb:.0f} MB"
+        click.echo(f"{spec.name:<{width}}  {spec.family or 'vitmatte':<8}  {row.status:<9}  "
+                   f"{size:>9}  {_licence(spec.licence):<13}  {row.path}")
 
 
-@models.command("verify", short_help="Check model files against their official md5.")
-@click.argument("names", nargs=-1, type=click.Choice(list(REGISTRY)))
+@models.command("verify", short_help="Check model files against their official checksums.")
+@click.argument("names", nargs=-1, type=click.Choice(list(REGISTRY)), metavar="[NAME]...")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.pass_context
 def verify_models(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
-    """Check model files against their official md5 (a full read).
+    """Check model files against their official md5 or sha256 (a full read).
 
     With no NAME, every model file present is checked and missing ones are
     listed; a NAME given that is missing is a failure. Exit status 1 when a
@@ -65,9 +79,9 @@ def verify_models(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> 
         width = max(len(r.spec.name) for r in rows)
         for r in rows:
             if r.status == "corrupt":
-                what = f"CORRUPT  md5 {r.actual_md5}, expected {r.spec.md5}  {r.path}"
+                what = f"CORRUPT  {mismatch(r.spec.checksum, r.actual_checksum)}  {r.path}"
             elif r.status == "missing":
-                what = f"missing  (install: bgrm models install {r.spec.name} --from PATH|URL)"
+                what = f"missing  (install: bgrm models install {r.spec.name})"
             else:
                 what = f"ok       {r.status}  {r.path}"
             click.echo(f"{r.spec.name:<{width}}  {what}")
@@ -75,32 +89,36 @@ def verify_models(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> 
         ctx.exit(ExitStatus.FAILED)
 
 
-_OFFICIAL = "\b\nOfficial files (rembg releases):\n" + "\n".join(
-    f"  {spec.name:<16} {spec.url}" for spec in REGISTRY.values() if not spec.bundled)
-
-
-@models.command("install", epilog=_OFFICIAL,
-                short_help="Install a model from a file or URL, md5 checked.")
-@click.argument("name", type=click.Choice(list(REGISTRY)))
-@click.option("--from", "source", required=True, metavar="PATH|URL",
-              help="A model file you have, or an http(s) URL to download it from.")
+@models.command("install", short_help="Install a model from its official URL, or a file or URL.")
+@click.argument("name", type=click.Choice(list(REGISTRY)), metavar="NAME")
+@click.option("--from", "source", metavar="PATH|URL",
+              help="A model file you have, or an http(s) URL to download it from "
+                   "[default: the official URL, see bgrm models list --json].")
 @click.option("--force", is_flag=True,
               help="Install even when a verified copy is already there.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
-def install_model(name: str, source: str, force: bool, progress: bool | None) -> None:
-    """Install a model from a file or URL, md5 checked.
+def install_model(name: str, source: str | None, force: bool, progress: bool | None) -> None:
+    """Install a model, checksum checked: from its official URL (rembg's release),
+    or --from a file or URL you have.
 
-    The file becomes visible only once its md5 matches the official one; a
-    mismatch is refused and nothing is installed.
+    The file becomes visible only once its checksum matches the official one;
+    a mismatch is refused and nothing is installed.
     """
     show = sys.stderr.isatty() if progress is None else progress
-    if is_url(source):
-        click.echo(f"bgrm: downloading {name} from {source}", err=True)
+    spec = REGISTRY[name]
+    url = source if source is not None and is_url(source) else None
+    if source is None:
+        url = spec.url
+    if url is not None:
+        click.echo(f"bgrm: downloading {name} (~{spec.approx_mb:.0f} MB) from {url}", err=True)
     done = install(name, source, force=force, progress=show)
     if done.already:
         click.echo(f"bgrm: {name} is already installed and verified: {done.path} "
                    "(--force to replace it)", err=True)
     else:
-        click.echo(f"bgrm: installed {name} ({_size(done.size)}, md5 {done.md5} ok): "
+        click.echo(f"bgrm: installed {name} ({_size(done.size)}, {done.checksum} ok): "
                    f"{done.path}", err=True)
+    if spec.family is not None and "non-commercial" in spec.licence:
+        click.echo(f"bgrm: {name}'s weights are licensed {spec.licence} ({spec.source})",
+                   err=True)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bgrm.errors import ParameterError
+from bgrm.models.families import FAMILIES
 
-MODEL_NAMES = ("u2net", "u2net_human_seg", "u2netp")
 BG_TYPES = ("transparent", "color", "image")
 VIDEO_FORMATS = (
     "mov",
@@ -27,7 +27,11 @@ VIDEO_FORMATS = (
     "video_over_video",
     "gif_with_bg",
     "mp4_with_color",
+    "webm",
+    "png_sequence",
 )
+IMAGE_FORMATS = ("png", "webp", "jpg")
+MODEL_FAMILIES = tuple(FAMILIES)  # --model-family, for a model given as a path
 CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremover"}
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
@@ -128,10 +132,21 @@ class Param:
         raise AssertionError(self.kind)
 
 
+# Largest --mask-grow / --mask-feather: far beyond any edge, small enough that
+# a typo cannot run for minutes.
+_EDGE_PX = 500
+# rembg's ViTMatte checkpoints: registry rows vitmatte-<variant> in bgrm.models.
+VITMATTE_DEFAULT = "small-distinctions-646"
+VITMATTE_VARIANTS = ("small-distinctions-646", "small-composition-1k",
+                     "base-distinctions-646", "base-composition-1k")
 PARAMS: tuple[Param, ...] = (
     Param("model", "model", None,
-          "u2net, u2net_human_seg, u2netp, or a path to a U^2-Net-shaped .onnx "
+          "A model by name (bgrm models list: u2net, isnet-general-use, birefnet-general, "
+          "bria-rmbg, ...) or a path to an .onnx file "
           "[default: u2net if installed, else the bundled u2netp]"),
+    Param("model_family", "choice", None,
+          "How to run --model PATH.onnx: its pre- and post-processing "
+          "[default: u2net]", choices=MODEL_FAMILIES),
     Param("alpha_matting", "bool", False, "Refine edges (hair, fur) with alpha matting."),
     Param("alpha_fg", "int", 240, "Trimap foreground threshold.", lo=0, hi=255),
     Param("alpha_bg", "int", 10, "Trimap background threshold.", lo=0, hi=255),
@@ -143,6 +158,9 @@ PARAMS: tuple[Param, ...] = (
     Param("bg_type", "choice", "transparent", "Background of the output.",
           choices=BG_TYPES, jobs=("image",)),
     Param("bg_color_value", "color", (255, 255, 255), "Background colour for --bg-type color.",
+          jobs=("image",)),
+    Param("format", "choice", "png", "Output encoding: png, webp (lossless, with alpha) or jpg "
+          "(opaque results only: --bg-type color or image).", choices=IMAGE_FORMATS,
           jobs=("image",)),
     Param("video_format", "choice", "mov", "Output format.", choices=VIDEO_FORMATS,
           jobs=("video",)),
@@ -162,6 +180,39 @@ PARAMS: tuple[Param, ...] = (
           jobs=("video",)),
     Param("temporal_smoothing", "float", 0.8, "Steadiness of video masks, 0 turns it off.",
           jobs=("video",)),
+    # Edge and cut controls (bgrm.edges). Each help names its place in the one
+    # order: model > post-process > grow/shrink > matting or ViTMatte > feather
+    # > decontaminate > compose > crop.
+    Param("post_process_mask", "bool", False,
+          "Clean the mask as rembg does (opening, blur, threshold: hard edge). "
+          "Order: model > [post-process] > grow > matting|ViTMatte > feather > "
+          "decontaminate > compose > crop."),
+    Param("mask_grow", "int", 0,
+          "Move the mask's edge out by PX pixels (negative: in), at full size. "
+          "Order: model > post-process > [grow] > matting|ViTMatte > feather > "
+          "decontaminate > compose > crop.", lo=-_EDGE_PX, hi=_EDGE_PX),
+    Param("vitmatte", "bool", False,
+          "Refine the edge with ViTMatte (rembg's learned matting; uses --alpha-fg, "
+          "--alpha-bg, --alpha-erode; unmixes colour as --decontaminate). "
+          "Order: model > post-process > grow > [matting|ViTMatte] > feather > "
+          "decontaminate > compose > crop."),
+    Param("vitmatte_model", "choice", None,
+          "ViTMatte checkpoint (file in the models folder) [default: "
+          f"{VITMATTE_DEFAULT}].", choices=VITMATTE_VARIANTS),
+    Param("mask_feather", "int", 0,
+          "Soften the edge over about PX pixels each side (Gaussian, sigma PX/2). "
+          "Order: model > post-process > grow > matting|ViTMatte > [feather] > "
+          "decontaminate > compose > crop.", lo=0, hi=_EDGE_PX),
+    Param("decontaminate", "bool", False,
+          "Take the old background's colour out of soft edge pixels. "
+          "Order: model > post-process > grow > matting|ViTMatte > feather > "
+          "[decontaminate] > compose > crop."),
+    Param("crop", "bool", False,
+          "Cut the output to the subject's box (alpha > 8/255; one box per video). "
+          "Order: model > post-process > grow > matting|ViTMatte > feather > "
+          "decontaminate > compose > [crop]."),
+    Param("crop_margin", "int", 0, "Pixels kept around the subject's box with --crop "
+          "(clamped to the picture).", lo=0, hi=100_000),
 )
 PARAM_BY_NAME = {p.name: p for p in PARAMS}
 # Keys a migrating user's params dict may carry that select nothing here.
@@ -178,15 +229,51 @@ class MattingOptions:
 
 
 @dataclass(frozen=True)
+class EdgeOptions:
+    """The edge and cut steps (bgrm.edges), in their fixed order."""
+
+    post_process_mask: bool = False
+    mask_grow: int = 0
+    vitmatte: bool = False
+    vitmatte_model: str | None = None  # None: VITMATTE_DEFAULT
+    mask_feather: int = 0
+    decontaminate: bool = False
+    crop: bool = False
+    crop_margin: int = 0
+
+    def check(self, matting: MattingOptions, colourless: str | None) -> None:
+        """Refuse combinations that mean nothing; ``colourless`` names an output
+        without colour (only_mask, mattekey), or is None."""
+        if self.vitmatte and matting.enabled:
+            raise ParameterError("--vitmatte and --alpha-matting both refine the edge; "
+                                 "choose one")
+        if self.vitmatte_model is not None and not self.vitmatte:
+            raise ParameterError("--vitmatte-model is used only with --vitmatte")
+        if self.crop_margin and not self.crop:
+            raise ParameterError("--crop-margin is used only with --crop")
+        if self.decontaminate and colourless:
+            raise ParameterError(f"--decontaminate changes colours, and {colourless} has "
+                                 "none")
+
+
+@dataclass(frozen=True)
 class ImageOptions:
     model: str | None = None
+    model_family: str | None = None  # for a model given as a path; None: u2net
     matting: MattingOptions = field(default_factory=MattingOptions)
+    edges: EdgeOptions = field(default_factory=EdgeOptions)
     only_mask: bool = False
     bg_type: str = "transparent"
     bg_color: tuple[int, int, int] = (255, 255, 255)
     bg_image: Path | None = None
+    format: str = "png"  # png | webp | jpg
 
     def __post_init__(self) -> None:
+        if self.format == "jpg" and self.bg_type == "transparent":
+            what = "a mask" if self.only_mask else "a transparent cut-out"
+            raise ParameterError(f"format (--format) jpg cannot hold {what}: JPEG has no "
+                                 "transparency; use --bg-type color or image, or --format "
+                                 "png or webp")
         if self.bg_type == "image" and self.bg_image is None:
             raise ParameterError("bg_type (--bg-type) image needs a picture: --bg-image PATH")
         if self.bg_image is not None and self.bg_type != "image":
@@ -194,12 +281,15 @@ class ImageOptions:
         if self.only_mask and self.bg_type != "transparent":
             raise ParameterError("only_mask (--only-mask) cannot be combined with --bg-type "
                                  f"{self.bg_type}")
+        self.edges.check(self.matting, "--only-mask" if self.only_mask else None)
 
 
 @dataclass(frozen=True)
 class VideoOptions:
     model: str | None = None
+    model_family: str | None = None  # for a model given as a path; None: u2net
     matting: MattingOptions = field(default_factory=MattingOptions)
+    edges: EdgeOptions = field(default_factory=EdgeOptions)
     video_format: str = "mov"
     video_bg_color_enabled: bool = False
     video_bg_color: tuple[int, int, int] = (0, 255, 0)
@@ -228,6 +318,7 @@ class VideoOptions:
         if not 0.0 <= self.temporal_smoothing < 1.0:
             raise ParameterError("--temporal-smoothing must be at least 0 and below 1, "
                                  f"got {self.temporal_smoothing}")
+        self.edges.check(self.matting, "video_format mattekey" if fmt == "mattekey" else None)
 
 
 def params_for(job: str) -> tuple[Param, ...]:
@@ -264,10 +355,12 @@ def build(job: str, values: Mapping[str, Any]) -> ImageOptions | VideoOptions:
     matting = MattingOptions(
         enabled=bool(values["alpha_matting"]), fg=values["alpha_fg"], bg=values["alpha_bg"],
         erode=values["alpha_erode"], base_size=values["alpha_base_size"])
-    common = {"model": values["model"] or None, "matting": matting}
+    edges = EdgeOptions(**{f.name: values[f.name] for f in dataclasses.fields(EdgeOptions)})
+    common = {"model": values["model"] or None, "model_family": values["model_family"],
+              "matting": matting, "edges": edges}
     if job == "image":
         return ImageOptions(**common, only_mask=bool(values["only_mask"]),
                             bg_type=values["bg_type"], bg_color=values["bg_color_value"],
-                            bg_image=values["bg_image"])
-    fields = {f.name for f in dataclasses.fields(VideoOptions)} - {"model", "matting"}
+                            bg_image=values["bg_image"], format=values["format"])
+    fields = {f.name for f in dataclasses.fields(VideoOptions)} - set(common)
     return VideoOptions(**common, **{k: values[k] for k in fields})

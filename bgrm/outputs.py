@@ -44,6 +44,8 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     """
     tmp = tmp_name(dst)
     try:
+        # A sub-folder of -o mirroring the input tree is made on first use.
+        dst.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, final_path(dst))
     except OSError as exc:
@@ -94,25 +96,62 @@ def commit(held: Path, dst: Path) -> None:
             old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
             os.rename(dst, old)
             os.rename(held, dst)
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tmp(old)
         else:
             os.replace(held, dst)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            held.unlink()
+        remove_tmp(held)
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
 
 
+@contextlib.contextmanager
+def atomic_folder(dst: Path) -> Iterator[Path]:
+    """``atomic_path`` for a folder (a PNG sequence): filled under a hidden
+    temporary name, renamed onto ``dst`` only when complete.
+
+    An earlier ``dst`` folder is moved aside first and removed after, so
+    whatever is found at ``dst`` is always one whole run's output.
+    """
+    tmp = tmp_name(dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        yield tmp
+        final = final_path(dst)  # held by an executor: its commit replaces dst whole
+        if final.is_dir() and not final.is_symlink():
+            old = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}.old")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            remove_tmp(old)
+        else:
+            os.replace(tmp, final)
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
+    finally:
+        remove_tmp(tmp)
+
+
+def remove_tmp(path: Path) -> None:
+    """Remove a temporary file or folder, quietly: it may be gone already."""
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def remove_leftovers(folders, pid: int) -> None:
-    """Remove temporary files a killed worker ``pid`` may have left in ``folders``."""
+    """Remove temporary files (and PNG-sequence folders) a killed worker ``pid``
+    may have left in ``folders``."""
     for folder in folders:
-        for path in Path(folder).glob(f".*{TMP_MARK}{pid}.*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
+        for pattern in (f".*{TMP_MARK}{pid}.*", f".*{TMP_MARK}{pid}"):
+            for path in Path(folder).glob(pattern):
+                remove_tmp(path)
 
 
-# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem.
-_OUTPUT_STEM = re.compile(re.escape(SUFFIX) + r"(_\d+)?$")
+# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem; the
+# frames of a PNG sequence add their number: <stem>_processed_2_000001.
+_OUTPUT_STEM = re.compile(re.escape(SUFFIX) + r"(_\d+){0,2}$")
 
 
 def is_output_name(path: Path) -> bool:

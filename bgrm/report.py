@@ -18,23 +18,53 @@ class Result:
     notes: list[str] = field(default_factory=list)
     traceback: str | None = None
     skipped: bool = False  # --skip-existing found the output already there
+    same_as: str | None = None  # the same file as this earlier input: processed once, there
+    # --crop: (left, top, right, bottom) kept, in the upright input's pixels
+    crop_box: tuple[int, int, int, int] | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
+@dataclass
+class Processed:
+    """What a job's process_file hands back for the file it wrote."""
+
+    notes: list[str] = field(default_factory=list)
+    crop_box: tuple[int, int, int, int] | None = None
+
+
+def _file_entry(r: Result) -> dict:
+    entry = {"url": str(r.dst), "filename": r.dst.name}
+    if r.crop_box is not None:
+        left, top, right, bottom = r.crop_box
+        entry["crop"] = {"x": left, "y": top, "width": right - left, "height": bottom - top}
+    return entry
+
+
 def api_results(results: list[Result]) -> dict:
-    """The hosted API's answer for a finished job, for ``--json``."""
-    return {
-        "files": [{"url": str(r.dst), "filename": r.dst.name} for r in results
-                  if r.ok and r.dst is not None],
+    """The hosted API's answer for a finished job, for ``--json``.
+
+    Inputs that were the same file as an earlier one are listed under
+    ``duplicates`` with the output they share (when it was written).
+    """
+    made = {r.src: r.dst for r in results if r.ok and r.dst is not None}
+    answer = {
+        "files": [_file_entry(r) for r in results if r.ok and r.dst is not None],
         "failed": [{"filename": Path(r.src).name, "error": r.error} for r in results
                    if not r.ok],
         "errors": [r.error for r in results if not r.ok],
         "finished": True,
         "queue_count": 0,
     }
+    twice = [r for r in results if r.same_as is not None]
+    if twice:
+        answer["duplicates"] = [{"filename": Path(r.src).name, "input": r.src,
+                                 "same_as": r.same_as,
+                                 "url": str(made[r.same_as]) if r.same_as in made else None}
+                                for r in twice]
+    return answer
 
 
 def exit_status(results: list[Result]) -> ExitStatus:

@@ -1,8 +1,11 @@
-"""U^2-Net segmentation on onnxruntime: an RGB frame in, a full-size mask out.
+"""Segmentation on onnxruntime: an RGB frame in, a full-size mask out.
 
-The pre- and post-processing follow rembg's U2netSession step for step (Lanczos
-to the model size, scale by the image maximum, ImageNet mean/std, min-max of
-the first output, Lanczos back), so masks match rembg's for the same model.
+The pre- and post-processing follow rembg's session class of the model's
+family step for step (``bgrm.models.families``: Lanczos to the model size,
+scale by the image maximum, mean/std, the family's activation and min-max of
+its output map, Lanczos back), so masks match rembg's for the same model.
+Only the model-size copy of a frame is made here: a 1024-input model costs
+12 MB of float32 per frame whatever the frame's size.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bgrm.errors import ModelError
+from bgrm.errors import ModelError, first_line
 from bgrm.models import ResolvedModel
 
 
@@ -36,10 +39,6 @@ def check_device(device: str) -> None:
     _providers(device)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _session(model: ResolvedModel, opts, device: str):
     """An InferenceSession on ``device``; ``auto`` falls back to the CPU with one notice."""
     import onnxruntime as ort
@@ -57,7 +56,7 @@ def _session(model: ResolvedModel, opts, device: str):
             session = create(["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
-                             f"{_first_line(exc)}") from exc
+                             f"{first_line(exc)}") from exc
         if device == "cuda":
             raise ModelError(f"--device cuda: the CUDA provider failed to load ({why}); "
                              "check the CUDA and cuDNN libraries, or use --device cpu")
@@ -69,8 +68,8 @@ def _session(model: ResolvedModel, opts, device: str):
     except Exception as exc:  # noqa: BLE001
         if providers[0] != "CUDAExecutionProvider":
             raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
-                             f"{_first_line(exc)}") from exc
-        return on_cpu(_first_line(exc))
+                             f"{first_line(exc)}") from exc
+        return on_cpu(first_line(exc))
     if providers[0] == "CUDAExecutionProvider" and \
             "CUDAExecutionProvider" not in session.get_providers():
         # onnxruntime-gpu without a usable GPU or libraries quietly runs on the CPU.
@@ -97,38 +96,48 @@ class Segmenter:
             # Spinning threads steal the cores that decoding and encoding need.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = _session(model, opts, device)
-        self.model = model
-        self.input_name, self.size = self._check_shape(model)
-        self.mean = np.array(model.spec.mean, dtype=np.float32)
-        self.std = np.array(model.spec.std, dtype=np.float32)
+        self.family = model.family
+        self.input_name = self._check_shape(model)
+        self.size = (self.family.size, self.family.size)
+        mean, std = model.spec.normalisation()
+        self.mean = np.array(mean, dtype=np.float32)
+        self.std = np.array(std, dtype=np.float32)
 
-    def _check_shape(self, model: ResolvedModel) -> tuple[str, tuple[int, int]]:
+    def _check_shape(self, model: ResolvedModel) -> str:
+        """The input's name, once the graph is known to fit its family; a graph of
+        another shape is one clear error before any file."""
+        family = self.family
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
+        side = family.size
         where = f"model {model.path}"
-        if len(inputs) != 1 or not outputs:
-            raise ModelError(f"{where}: expected one image input and a saliency output, "
-                             f"found {len(inputs)} inputs and {len(outputs)} outputs")
+        expected = (f"a {family.name}-family ({family.title}) model takes one float input "
+                    f"N x 3 x {side} x {side} and gives a 1-channel saliency map "
+                    f"N x 1 x H x W as output {family.output}")
+        if len(inputs) != 1 or len(outputs) <= family.output:
+            raise ModelError(f"{where}: {len(inputs)} inputs and {len(outputs)} outputs; "
+                             f"{expected}")
         inp = inputs[0]
         shape = inp.shape
         if len(shape) != 4 or shape[1] not in (3, "3") or inp.type != "tensor(float)":
-            raise ModelError(f"{where}: input {inp.name!r} is {inp.type} {shape}; "
-                             "a U^2-Net model takes float NCHW with 3 channels")
-        out_shape = outputs[0].shape
+            raise ModelError(f"{where}: input {inp.name!r} is {inp.type} {shape}; {expected}")
+        fixed = [d for d in shape[2:] if isinstance(d, int)]
+        if any(d != side for d in fixed):
+            others = [f.name for f in _families_of_size(fixed)]
+            hint = f" (--model-family {'|'.join(others)}?)" if others and model.custom else ""
+            raise ModelError(f"{where}: input {inp.name!r} is {shape}; {expected}{hint}")
+        out_shape = outputs[family.output].shape
         if len(out_shape) != 4 or out_shape[1] not in (1, "1", None) and \
                 not isinstance(out_shape[1], str):
-            raise ModelError(f"{where}: first output is {out_shape}; a U^2-Net model "
-                             "gives a 1-channel saliency map N x 1 x H x W")
-        h, w = shape[2], shape[3]
-        if isinstance(h, int) and isinstance(w, int):
-            return inp.name, (w, h)
-        return inp.name, model.spec.input_size
+            raise ModelError(f"{where}: output {family.output} is {out_shape}; {expected}")
+        return inp.name
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """RGB image -> the model's input tensor (1, 3, H, W)."""
         if image.mode != "RGB":
             image = image.convert("RGB")  # (convert would copy even an RGB frame)
-        small = image.resize(self.size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        small = image.resize(self.size, Image.Resampling.LANCZOS,
+                             reducing_gap=self.family.reducing_gap)
         arr = np.asarray(small, dtype=np.float32)
         arr /= max(float(arr.max()), 1e-6)
         arr = (arr - self.mean) / self.std
@@ -136,7 +145,9 @@ class Segmenter:
 
     def predict(self, tensor: np.ndarray) -> np.ndarray:
         """Model input -> the saliency map at model size, uint8 0-255."""
-        pred = self.session.run(None, {self.input_name: tensor})[0][0, 0]
+        pred = self.session.run(None, {self.input_name: tensor})[self.family.output][0, 0]
+        if self.family.activation == "sigmoid":
+            pred = 1 / (1 + np.exp(-pred))  # rembg's BiRefNet step, in float32 as there
         lo, hi = float(pred.min()), float(pred.max())
         pred = (pred - lo) / max(hi - lo, 1e-12)
         return (pred * 255).astype(np.uint8)
@@ -144,6 +155,12 @@ class Segmenter:
     def mask(self, image: Image.Image) -> Image.Image:
         """RGB image -> mask ('L') at the image's full size."""
         return Image.fromarray(upscale(self.predict(self.prepare(image)), image.size))
+
+
+def _families_of_size(dims: list[int]):
+    from bgrm.models import FAMILIES
+
+    return [f for f in FAMILIES.values() if all(d == f.size for d in dims)]
 
 
 def upscale(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -158,7 +175,13 @@ _CACHE: dict[tuple, Segmenter] = {}
 def get_segmenter(model: ResolvedModel, device: str = "auto", threads: int | None = None,
                   spinning: bool = True) -> Segmenter:
     """The process's segmenter for this model: one session per process, reused."""
-    key = (str(model.path), device, threads, spinning)
+    key = (str(model.path), model.spec.family, device, threads, spinning)
     if key not in _CACHE:
         _CACHE[key] = Segmenter(model, device, threads, spinning)
     return _CACHE[key]
+
+
+def check_model(model: ResolvedModel) -> None:
+    """Load ``model`` on the CPU once to check that its graph fits its family, and
+    let it go: for a parent whose workers load their own copies."""
+    Segmenter(model, "cpu", threads=1)

@@ -35,6 +35,24 @@ def test_same_bytes_as_the_cli(bgrm_cli, fixtures, tmp_path):
     assert made == (tmp_path / "rocket_processed.png").read_bytes()
 
 
+def test_same_bytes_as_the_cli_with_format_crop_and_exif(bgrm_cli, fixtures, tmp_path):
+    """--format and --crop, and a phone photo's EXIF (orientation applied, camera kept),
+    reach bytes from the API as they reach the CLI's file."""
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "bgrm-test-camera"  # Orientation, Make
+    Image.open(fixtures / "chelsea.png").convert("RGB").save(photo, quality=95,
+                                                             exif=exif.tobytes())
+    proc = bgrm_cli("image", photo, "-o", tmp_path / "out", "--model", "u2netp",
+                    "--format", "webp", "--crop")
+    assert proc.returncode == 0, proc.stderr.decode()
+    made = bgrm.remove(photo.read_bytes(), model="u2netp", format="webp", crop=True)
+    assert made == (tmp_path / "out" / "phone_processed.webp").read_bytes()
+    with Image.open(io.BytesIO(made)) as im:
+        assert im.format == "WEBP" and im.mode == "RGBA" and im.height > im.width  # upright
+        assert im.getexif().get(0x010F) == "bgrm-test-camera" and 0x0112 not in im.getexif()
+
+
 @pytest.fixture
 def bgrm_cli(bgrm):
     return bgrm

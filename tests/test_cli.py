@@ -398,5 +398,5 @@ def test_flags_without_effect_are_pointed_out(bgrm, tmp_path):
                 "--bg-color-value", "#000000")
     assert proc.returncode == 1
     said = lines(proc)
-    assert "bgrm: --alpha-fg, --alpha-erode: no effect without --alpha-matting" in said
+    assert "bgrm: --alpha-fg, --alpha-erode: no effect without --alpha-matting or --vitmatte" in said
     assert "bgrm: --bg-color-value: no effect without --bg-type color" in said

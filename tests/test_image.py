@@ -443,8 +443,8 @@ def test_pymatting_warnings_never_reach_stdout(astronaut_mask, capfd):
 
 def test_process_file_writes_atomically_and_leaves_nothing_behind(segmenter, tmp_path):
     dst = tmp_path / "chelsea_processed.png"
-    notes = image.process_file(FIXTURES / "chelsea.png", dst, ImageOptions(), segmenter)
-    assert notes == []
+    done = image.process_file(FIXTURES / "chelsea.png", dst, ImageOptions(), segmenter)
+    assert done.notes == [] and done.crop_box is None
     assert Image.open(dst).mode == "RGBA"
     assert [p.name for p in tmp_path.iterdir()] == [dst.name]
 

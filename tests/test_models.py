@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from standins import standin_onnx
 
 from bgrm import models
+from bgrm.models import FAMILIES, REGISTRY
 
 U2NETP_MD5 = "8e83ca70e441ab06c318d82300c84806"
 U2NET_MD5 = "60024c5c889badc19c04ad937298a77b"
@@ -61,6 +63,10 @@ def tiny_onnx(path: Path, *, sign: float = 1.0, size: int = 320, in_channels: in
     return path
 
 
+def md5sum(path: Path) -> str:
+    return models.file_checksum(path, "md5")
+
+
 def red_correlation(cutout: Path, source: Path) -> float:
     """Correlation of a cutout's alpha with its source's red channel."""
     alpha = np.asarray(Image.open(cutout))[..., 3].astype(float).ravel()
@@ -81,8 +87,8 @@ def tiny(tmp_path) -> dict[str, Path]:
 def patched(tiny, monkeypatch, models_home) -> dict[str, Path]:
     """The registry, in this process only, expects the tiny files' md5s."""
     for name, path in tiny.items():
-        monkeypatch.setitem(models.REGISTRY, name,
-                            dataclasses.replace(models.REGISTRY[name], md5=models.md5sum(path)))
+        monkeypatch.setitem(models.REGISTRY, name, dataclasses.replace(
+            models.REGISTRY[name], checksum=md5sum(path)))
     return tiny
 
 
@@ -152,7 +158,7 @@ def test_list_fresh_install(bgrm, models_home):
     assert listing["models_dir"] == str(models_home)
     rows = {m["name"]: m for m in listing["models"]}
     assert rows["u2netp"]["status"] == "bundled" and rows["u2netp"]["size"] == 4574861
-    assert rows["u2netp"]["md5"] == U2NETP_MD5
+    assert rows["u2netp"]["checksum"] == "md5:" + U2NETP_MD5
     for name in ("u2net", "u2net_human_seg"):
         assert rows[name]["status"] == "missing" and rows[name]["size"] is None
         assert rows[name]["path"] == str(models_home / f"{name}.onnx")
@@ -169,14 +175,15 @@ def test_verify_statuses_and_exit(bgrm, models_home, tiny):
     assert named.returncode == 1 and b"missing" in named.stdout
 
     (models_home / "u2net.onnx").write_bytes(tiny["u2net"].read_bytes())  # not the real one
-    actual = models.md5sum(tiny["u2net"])
+    actual = md5sum(tiny["u2net"]).split(":")[1]
     bad = bgrm("models", "verify")
     assert bad.returncode == 1
     out = bad.stdout.decode()
     assert "CORRUPT" in out and actual in out and U2NET_MD5 in out
     listing = json.loads(bgrm("models", "list", "--json").stdout)
     rows = {m["name"]: m for m in listing["models"]}
-    assert rows["u2net"]["status"] == "corrupt" and rows["u2net"]["actual_md5"] == actual
+    assert rows["u2net"]["status"] == "corrupt"
+    assert rows["u2net"]["actual_checksum"] == "md5:" + actual
     report = json.loads(bgrm("models", "verify", "u2netp", "--json").stdout)
     assert report["ok"] is True and [m["status"] for m in report["models"]] == ["bundled"]
 
@@ -207,9 +214,11 @@ def test_verified_stamp_skips_rehash_until_file_changes(models_home, monkeypatch
     assert models.resolve("u2netp").path == dest  # hashed once, stamp written
     assert (models_home / models.STAMP_NAME).is_file()
 
-    real_md5sum = models.md5sum
+    from bgrm.models import store
+
+    real = store.file_checksum
     calls = []
-    monkeypatch.setattr(models, "md5sum", lambda p: calls.append(p) or real_md5sum(p))
+    monkeypatch.setattr(store, "file_checksum", lambda p, a: calls.append(p) or real(p, a))
     assert models.resolve("u2netp").path == dest
     assert calls == []  # trusted: same path, size, mtime, inode
 
@@ -231,7 +240,7 @@ def test_install_wrong_checksum_is_refused(bgrm, models_home, tiny):
                 env={"BGRM_MODELS": str(target)})
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
-    assert models.md5sum(tiny["u2net"]) in err and U2NET_MD5 in err
+    assert md5sum(tiny["u2net"]).split(":")[1] in err and U2NET_MD5 in err
     assert "nothing was installed" in err and "Traceback" not in err
     assert leftovers(target) == []
 
@@ -242,7 +251,7 @@ def test_install_from_file_real_u2netp(bgrm, models_home):
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"installed u2netp" in proc.stderr
     dest = models_home / "u2netp.onnx"
-    assert models.md5sum(dest) == U2NETP_MD5 and leftovers(models_home) == ["u2netp.onnx"]
+    assert md5sum(dest) == "md5:" + U2NETP_MD5 and leftovers(models_home) == ["u2netp.onnx"]
     rows = {m["name"]: m for m in json.loads(bgrm("models", "list", "--json").stdout)["models"]}
     assert rows["u2netp"]["status"] == "installed" and rows["u2netp"]["path"] == str(dest)
     again = bgrm("models", "install", "u2netp", "--from", "/nonexistent/u2netp.onnx")
@@ -261,7 +270,7 @@ def test_install_from_loopback_url(bgrm, models_home, serve):
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
     assert "downloading u2netp" in err and "B/s" in err  # the tqdm bar on stderr
-    assert models.md5sum(models_home / "u2netp.onnx") == U2NETP_MD5
+    assert md5sum(models_home / "u2netp.onnx") == "md5:" + U2NETP_MD5
 
     (root / "u2net.onnx").write_bytes(b"an error page, not a model")
     wrong = bgrm("models", "install", "u2net", "--from", f"{base}/u2net.onnx",
@@ -340,14 +349,57 @@ def test_custom_onnx_runs(bgrm, fixtures, tmp_path):
     assert red_correlation(tmp_path / "out" / "chelsea_processed.png", src) < -0.8
 
 
-def test_custom_input_size_is_read_from_the_graph(tmp_path):
+def test_custom_model_runs_at_its_familys_size(tmp_path):
     from bgrm.segment import Segmenter
 
-    custom = tiny_onnx(tmp_path / "small.onnx", size=160)
-    seg = Segmenter(models.resolve(str(custom)), device="cpu", threads=1)
-    assert seg.size == (160, 160) and seg.input_name == "input.1"
+    custom = standin_onnx(tmp_path / "mine.onnx", "bria")
+    seg = Segmenter(models.resolve(str(custom), "bria"), device="cpu", threads=1)
+    assert seg.size == (1024, 1024) and seg.input_name == "pixel_values"
     mask = seg.mask(Image.new("RGB", (300, 200), (200, 10, 10)))
     assert mask.mode == "L" and mask.size == (300, 200)
+
+
+@pytest.mark.parametrize("graph, family, hint", [
+    ("birefnet", None, "--model-family isnet|birefnet|bria"),  # a 1024 graph, as u2net
+    ("u2net", "birefnet", "--model-family u2net"),  # a 320 graph, as birefnet
+    ("small", "u2net", ""),  # 160: no family fits
+])
+def test_graph_that_does_not_fit_its_family_is_refused_before_any_file(
+        bgrm, fixtures, tmp_path, graph, family, hint):
+    size = 160 if graph == "small" else None
+    bad = standin_onnx(tmp_path / "mine.onnx", "u2net" if graph == "small" else graph,
+                       size=size)
+    out = tmp_path / "out"
+    extra = ["--model-family", family] if family else []
+    for job, src in (("image", fixtures / "chelsea.png"),
+                     ("video", fixtures / "no_time_for_that_tiny.gif")):
+        proc = bgrm(job, src, fixtures / "coffee.png", "--model", bad, *extra, "-o", out)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, err
+        want = FAMILIES[family or "u2net"]
+        assert f"{want.size} x {want.size}" in err and want.title in err and str(bad) in err
+        assert hint in err and err.count("bgrm:") == 1 and "Traceback" not in err
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_model_family_only_for_a_path_and_vitmatte_is_not_a_segmenter(bgrm, fixtures,
+                                                                      tmp_path):
+    src = fixtures / "chelsea.png"
+    for args, says in ((["--model", "birefnet-general", "--model-family", "u2net"],
+                        "birefnet-general is a birefnet model"),
+                       (["--model-family", "isnet"], "no --model was given"),
+                       (["--model", "vitmatte-small-composition-1k"], "ViTMatte"),
+                       (["--model-family", "sam"], "--model-family")):
+        proc = bgrm("image", src, *args, "-o", tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and says in err, err
+    # The family of a registry model may be named when it is the right one.
+    proc = bgrm("image", src, "--model", "u2netp", "--model-family", "u2net", "-o", tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"model": "u2netp", "model_family": "bria"}))
+    proc = bgrm("image", src, "--params", params, "-o", tmp_path)
+    assert proc.returncode == 2 and b"u2netp is a u2net model" in proc.stderr
 
 
 @pytest.mark.parametrize("shape", [{"out_channels": 3}, {"in_channels": 1}])
@@ -447,3 +499,208 @@ def test_models_dir_follows_rembg_u2net_home(tmp_path, monkeypatch):
     assert models.models_dir() == tmp_path / "rembg-models"
     monkeypatch.setenv("BGRM_MODELS", str(tmp_path / "mine"))
     assert models.models_dir() == tmp_path / "mine"
+
+
+# -- the registry is rembg's -------------------------------------------------------------
+
+def _rembg_published() -> dict[str, dict]:
+    """What rembg 2.0.86's installed source says for each model it names: URL,
+    checksum, local file name, and for segmentation models the normalisation,
+    input size and whether a sigmoid comes before the min-max."""
+    import inspect
+    import re
+
+    from rembg import matting
+    from rembg.sessions import sessions_class
+
+    published = {}
+    for cls in sessions_class:
+        fetch, predict = inspect.getsource(cls.download_models), inspect.getsource(cls.predict)
+        url = re.search(r'"(https://github\.com/danielgatis/rembg/releases/[^"]+)"', fetch)
+        checksum = re.search(r'"((?:md5|sha256):[0-9a-f]+)"', fetch)
+        norm = re.search(r"normalize\(\s*img,\s*\(([^)]*)\),\s*\(([^)]*)\),\s*\((\d+),\s*(\d+)\)",
+                         predict)
+        if not (url and checksum and norm):
+            continue  # custom sessions, SAM, cloud APIs
+        mean, std = (tuple(float(x) for x in g.split(",")) for g in norm.group(1, 2))
+        published[cls.name()] = {
+            "url": url.group(1), "checksum": checksum.group(1), "file": f"{cls.name()}.onnx",
+            "mean": mean, "std": std, "size": int(norm.group(3)),
+            "sigmoid": "sigmoid" in predict}
+    for variant, spec in matting.VARIANTS.items():
+        published[f"vitmatte-{variant}"] = {
+            "url": f"{matting.BASE_URL}/{spec['fname']}", "file": spec["fname"],
+            "checksum": f"sha256:{spec['sha256']}"}
+    return published
+
+
+def test_every_row_is_what_rembg_publishes():
+    published = _rembg_published()
+    assert len(published) >= 19  # the parse found them: 15 session classes, 4 ViTMattes
+    for name, spec in REGISTRY.items():
+        theirs = published.get(name)
+        assert theirs is not None, f"rembg 2.0.86 has no {name}"
+        assert (spec.url, spec.checksum, spec.filename) == \
+            (theirs["url"], theirs["checksum"], theirs["file"]), name
+        if spec.family is not None:
+            family = FAMILIES[spec.family]
+            mean, std = spec.normalisation()
+            assert (tuple(mean), tuple(std), family.size) == \
+                (theirs["mean"], theirs["std"], theirs["size"]), name
+            assert (family.activation == "sigmoid") == theirs["sigmoid"], name
+    # And the other way: every segmentation model rembg downloads is a row here,
+    # but u2net_cloth_seg (three garment masks, not a cutout) and the fp16 copy
+    # of birefnet-general (made locally, not downloaded).
+    assert set(published) - set(REGISTRY) <= {"u2net_cloth_seg"}
+
+
+def test_listing_names_licence_and_source_of_every_model(bgrm, models_home):
+    listing = json.loads(bgrm("models", "list", "--json").stdout)
+    rows = {m["name"]: m for m in listing["models"]}
+    assert set(rows) == set(REGISTRY)
+    for name, row in rows.items():
+        assert row["licence"] and row["source"].startswith("https://"), name
+        assert row["checksum"] == REGISTRY[name].checksum and row["url"] == REGISTRY[name].url
+        assert row["approx_mb"] > 0
+    assert rows["bria-rmbg"]["licence"].startswith("CC BY-NC 4.0")
+    assert rows["vitmatte-small-distinctions-646"]["kind"] == "matting"
+    assert rows["vitmatte-small-distinctions-646"]["family"] is None
+    text = bgrm("models", "list").stdout.decode()
+    assert "CC BY-NC 4.0" in text and "~973 MB" in text
+
+
+# -- install from the official URL, sha256 rows, disk failures ---------------------------------
+
+def _official_at(monkeypatch, serve, name: str, data: bytes) -> str:
+    """``name``'s official URL and checksum, in this process only, pointing at a
+    loopback server that holds ``data``; returns the URL."""
+    root, base = serve()
+    spec = REGISTRY[name]
+    (root / spec.filename).write_bytes(data)
+    digest = __import__("hashlib").new(spec.algorithm, data).hexdigest()
+    url = f"{base}/{spec.filename}"
+    monkeypatch.setitem(REGISTRY, name, dataclasses.replace(
+        spec, url=url, checksum=f"{spec.algorithm}:{digest}"))
+    return url
+
+
+def test_install_without_from_downloads_the_official_url(models_home, serve, run_main,
+                                                         monkeypatch, tmp_path, fixtures):
+    model = standin_onnx(tmp_path / "lite.onnx", "birefnet").read_bytes()
+    url = _official_at(monkeypatch, serve, "birefnet-general-lite", model)
+    status, _, err = run_main("models", "install", "birefnet-general-lite", "--progress")
+    assert status == 0, err
+    assert f"downloading birefnet-general-lite (~224 MB) from {url}" in err and "B/s" in err
+    dest = models_home / "birefnet-general-lite.onnx"
+    assert dest.read_bytes() == model and leftovers(models_home) == [dest.name]
+    status, out, err = run_main("image", fixtures / "chelsea.png", "--model",
+                                "birefnet-general-lite", "-o", tmp_path / "out", "--json")
+    assert status == 0 and json.loads(out)["failed"] == [], err
+
+
+def test_vitmatte_rows_install_by_sha256_and_give_a_verified_path(models_home, serve,
+                                                                  run_main, monkeypatch):
+    name = "vitmatte-small-composition-1k"
+    data = b"a ViTMatte stand-in: only its bytes matter here" * 1000
+    _official_at(monkeypatch, serve, name, data)
+    with pytest.raises(models.ModelError, match=f"bgrm models install {name}"):
+        models.verified_path(name)
+    status, _, err = run_main("models", "install", name)
+    assert status == 0, err
+    assert "sha256:" in err
+    path = models.verified_path(name)
+    assert path == models_home / f"{name}.onnx" and path.read_bytes() == data
+    path.write_bytes(data[:-1] + b"!")
+    with pytest.raises(models.ModelError, match="corrupt: sha256 [0-9a-f]{64}, expected"):
+        models.verified_path(name)
+
+
+def test_a_full_disk_during_install_is_an_output_error(models_home, serve, run_main,
+                                                       monkeypatch):
+    import errno
+
+    from bgrm.models import installer
+
+    _official_at(monkeypatch, serve, "silueta", b"x" * 100_000)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(installer.os, "fsync", full)
+    status, _, err = run_main("models", "install", "silueta")
+    assert status == 1, err  # the disk, not a usage error
+    assert "cannot write: No space left on device" in err and "Traceback" not in err
+    assert leftovers(models_home) == []
+
+
+def test_models_rembg_downloaded_are_found_in_its_folders(tmp_path, monkeypatch, fixtures):
+    """rembg 2.0.86 keeps models in <home>/models/<name>/: bgrm reads them there
+    (checked like its own), unless $BGRM_MODELS names its one folder."""
+    rembg_home = tmp_path / "rembg"
+    monkeypatch.delenv("BGRM_MODELS", raising=False)
+    monkeypatch.delenv("U2NET_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.u2net
+    monkeypatch.setenv("REMBG_HOME", str(rembg_home))
+    spec = REGISTRY["isnet-anime"]
+    folder = rembg_home / "models" / "isnet-anime"
+    folder.mkdir(parents=True)
+    path = standin_onnx(folder / spec.filename, "isnet")
+    with pytest.raises(models.ModelError, match="corrupt"):  # not the official bytes
+        models.resolve("isnet-anime")
+    monkeypatch.setitem(REGISTRY, "isnet-anime", dataclasses.replace(
+        spec, checksum=md5sum(path)))
+    assert models.resolve("isnet-anime").path == path
+    assert models.status(REGISTRY["isnet-anime"]).status == "installed"
+    vitmatte = REGISTRY["vitmatte-base-composition-1k"]
+    assert models.store.rembg_path(vitmatte) == rembg_home / "models" / "vitmatte" / \
+        vitmatte.filename
+    monkeypatch.setenv("BGRM_MODELS", str(tmp_path / "mine"))
+    with pytest.raises(models.ModelError, match="not installed"):
+        models.resolve("isnet-anime")
+
+
+def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtures,
+                                                                 models_home, monkeypatch,
+                                                                 capfd):
+    """Threads share the process's one session; a 1024 model is not run on two files
+    at once (its working memory would double), and --jobs N says it makes N copies."""
+    import os
+
+    from bgrm import command, segment
+    from bgrm.command import run_command
+    from bgrm.options import ImageOptions, MattingOptions
+    from bgrm.report import Result
+
+    seen = []
+
+    class FakeExecutor:
+        def run(self, tasks, listener=None):
+            return [Result(t.name, t.dst) for t in tasks]
+
+    def fake_executor_for(count, *, processes, file_threads, timeout, scheduler, say):
+        seen.append((processes, file_threads))
+        return FakeExecutor()
+
+    monkeypatch.setattr(command, "executor_for", fake_executor_for)
+    monkeypatch.setattr(segment, "_CACHE", {})
+    photos = [str(fixtures / "chelsea.png"), str(fixtures / "coffee.png")]
+    big = standin_onnx(tmp_path / "big.onnx", "birefnet")
+    small = standin_onnx(tmp_path / "small.onnx", "u2net")
+    matting = MattingOptions(enabled=True)  # what puts two u2net files on threads
+
+    def go(model, family, jobs=None):
+        return run_command("image", ImageOptions(model=str(model), model_family=family,
+                                                 matting=matting),
+                           inputs=photos, output_dir=tmp_path / "out", recursive=False,
+                           processes=jobs, device="cpu", threads=None, skip_existing=False,
+                           as_json=False, progress=False, show_traceback=True, scheduler=None)
+
+    assert go(big, "birefnet") == 0 and seen[-1] == (1, 1)
+    assert [k[0] for k in segment._CACHE] == [str(big)]  # loaded once, before any file
+    if (os.cpu_count() or 1) >= 2:  # the control: a u2net model does take two at once
+        assert go(small, "u2net") == 0 and seen[-1] == (1, 2)
+    capfd.readouterr()
+    segment._CACHE.clear()
+    assert go(big, "birefnet", jobs=2) == 0 and seen[-1] == (2, 1)
+    assert segment._CACHE == {}  # checked, then let go: the workers load their own
+    assert "2 worker processes each load their own copy" in capfd.readouterr().err

@@ -77,12 +77,15 @@ class Probed:
         return int(h) * 3600 + int(mi) * 60 + float(s)
 
 
-def probe(path: Path, autorotate: bool = True) -> Probed:
+def probe(path: Path, autorotate: bool = True, decoder: str | None = None) -> Probed:
     """Decode ``path`` again with ffmpeg: every frame with its timestamp, and the audio.
 
     ``autorotate=False`` shows the pixels as stored, ignoring rotation metadata.
+    ``decoder`` picks the video decoder: ffmpeg's own VP9 decoder drops the
+    alpha of a WebM, libvpx-vp9 honours it (as browsers do).
     """
     turn = [] if autorotate else ["-noautorotate"]
+    turn += ["-c:v", decoder] if decoder else []
     proc = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", *turn, "-i", str(path),
                            "-map", "0:v:0",
                            "-fps_mode", "passthrough", "-vf", "showinfo=checksum=0",

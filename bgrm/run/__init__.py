@@ -18,7 +18,6 @@ share is here, once, in ``Executor.run``:
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import threading
 import traceback
@@ -31,7 +30,7 @@ from typing import Any
 
 from bgrm.errors import BgrmError, OutputError, one_line
 from bgrm.models import ResolvedModel
-from bgrm.outputs import commit, held_name, holding, remove_leftovers
+from bgrm.outputs import commit, held_name, holding, remove_leftovers, remove_tmp
 from bgrm.report import Result
 
 
@@ -99,8 +98,8 @@ def run_task(task: Task, progress: Callable[[int], None]) -> Result:
         rt = task.runtime
         session = Session(rt.model, device=rt.device, threads=rt.threads, spinning=rt.spinning)
         with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
-            notes = session.write(task.job, task.src, task.dst, task.options, progress)
-        return Result(task.name, task.dst, notes=list(notes or []))
+            done = session.write(task.job, task.src, task.dst, task.options, progress)
+        return Result(task.name, task.dst, notes=list(done.notes), crop_box=done.crop_box)
     except BgrmError as exc:
         # The traceback is kept for --traceback; the user sees the one line.
         return Result(task.name, error=one_line(str(exc)), traceback=traceback.format_exc())
@@ -201,16 +200,12 @@ class Executor(ABC):
         workers that ended without removing their own."""
         for task, result in zip(tasks, results, strict=True):
             if result is None or not result.ok:
-                if task.held.is_dir():  # an output that is a folder of files
-                    shutil.rmtree(task.held, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    task.held.unlink()
+                remove_tmp(task.held)  # a file, or a PNG sequence's folder
         folders = {t.dst.parent for t in tasks}
         for pid in self.dead_pids:
             remove_leftovers(folders, pid)
         for name in self.leftovers:
-            with contextlib.suppress(OSError):
-                Path(name).unlink()
+            remove_tmp(Path(name))
 
 
 def _commit(task: Task, result: Result) -> Result:

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 
-from bgrm.outputs import remove_leftovers
+from bgrm.outputs import remove_leftovers, remove_tmp
 from bgrm.run import Done, Emit, Executor, Progress, Task, run_task, timed_out
 
 
@@ -88,7 +88,7 @@ class Threads(Executor):
                 result = run_task(task, lambda n, i=i: events.put(("progress", i, n)))
                 if me in retired and task.held is not None:
                     # Reported failed already: its late output is dropped here.
-                    task.held.unlink(missing_ok=True)
+                    remove_tmp(task.held)  # a file, or a PNG sequence's folder
                 events.put(("done", i, result))
             events.put(("exit", -1, me))
 

@@ -1,4 +1,4 @@
-"""The seven video outputs as rows of data: how a frame is composed, how it is encoded.
+"""The nine video outputs as rows of data: how a frame is composed, how it is encoded.
 
 The pipeline and the writer read these rows; no format has code of its own.
 """
@@ -21,6 +21,14 @@ _GIF_PALETTE = ("split[a][b];[a]palettegen=stats_mode=single:reserve_transparent
                 "[b][p]paletteuse=new=1:dither=bayer:bayer_scale=3:alpha_threshold=128")
 
 
+# VP9 with an alpha plane (yuva420p), which browsers play as transparent video.
+# Constant quality (crf with -b:v 0); deadline good at cpu-used 4 with row
+# threads is libvpx's usual speed/size middle. Alpha needs auto-alt-ref off in
+# libvpx, or the alpha plane is encoded without its own reference frames.
+_VP9 = ("-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-crf", "32", "-b:v", "0",
+        "-deadline", "good", "-cpu-used", "4", "-row-mt", "1", "-auto-alt-ref", "0", *_BT709)
+
+
 @dataclass(frozen=True)
 class Format:
     """One output format.
@@ -38,6 +46,9 @@ class Format:
     video_args: tuple[str, ...]
     audio_args: tuple[str, ...] | None = None  # None: the format drops audio
     even_size: bool = False  # 4:2:0 chroma needs even width and height
+    # A folder of numbered pictures (muxer image2) rather than one file; its
+    # audio, when kept, is a WAV beside the pictures.
+    sequence: bool = False
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -62,4 +73,11 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("mp4_with_color", "mp4", "mp4", "color", alpha=False,
            filter=_YUV709 + ",format=yuv420p", video_args=_H264,
            audio_args=("-c:a", "aac", "-b:a", "192k"), even_size=True),
+    Format("webm", "webm", "webm", "cutout", alpha=True,
+           filter=_YUV709 + ",format=yuva420p", video_args=_VP9,
+           audio_args=("-c:a", "libopus", "-b:a", "128k")),
+    # RGBA PNGs as decoded, no colour conversion; zlib level 1 as for images.
+    Format("png_sequence", "", "image2", "cutout", alpha=True, filter="format=rgba",
+           video_args=("-c:v", "png", "-pix_fmt", "rgba", "-compression_level", "1"),
+           audio_args=("-c:a", "pcm_s16le"), sequence=True),
 )}

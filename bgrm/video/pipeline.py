@@ -1,4 +1,4 @@
-"""One video: decode -> segment -> (mask filter) -> matte -> compose -> encode, streaming.
+"""One video: decode -> segment -> (mask filter) -> edge steps -> compose -> encode, streaming.
 
 Four threads around one onnxruntime session: decoding plus the model's input
 tensor, inference alone (``run()`` releases the GIL, so it overlaps the
@@ -9,6 +9,7 @@ thread. Queues of two frames between them bound memory for any length.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,15 +19,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bgrm import compose
+from bgrm import compose, edges
 from bgrm.errors import InputError
 from bgrm.options import VideoOptions
-from bgrm.outputs import atomic_path
+from bgrm.report import Processed
 from bgrm.segment import upscale
 from bgrm.video.formats import FORMATS, Format
 from bgrm.video.reader import Frame, VideoReader
 from bgrm.video.stages import run_stages
-from bgrm.video.writer import VideoWriter, add_audio
+from bgrm.video.writer import VideoWriter, open_output
 
 
 class MaskFilter:
@@ -157,17 +158,18 @@ def _background(opts: VideoOptions, fmt: Format, rate: Callable[[], Fraction | N
     return None, None
 
 
-def _composer(opts: VideoOptions, fmt: Format, background) -> Callable:
+def _composer(opts: VideoOptions, fmt: Format, background) -> tuple[Callable, Callable]:
+    """(rgb, mask -> alpha, fg: the edge steps; rgb, alpha, fg -> the output frame)."""
     memory = None
     if opts.matting.enabled:
-        from bgrm.matte import Memory, matte
+        from bgrm.matte import Memory
 
         memory = Memory()
 
-    def compose_frame(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        fg, alpha = rgb, mask
-        if memory is not None:
-            alpha, fg = matte(rgb, mask, opts.matting, memory)
+    def edge_frame(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return edges.refine(rgb, mask, opts.matting, opts.edges, memory)
+
+    def paint_frame(rgb: np.ndarray, alpha: np.ndarray, fg: np.ndarray) -> np.ndarray:
         if fmt.compose == "cutout":
             return compose.cutout(fg, alpha)
         if fmt.compose == "mattekey":
@@ -175,7 +177,59 @@ def _composer(opts: VideoOptions, fmt: Format, background) -> Callable:
         size = (rgb.shape[1], rgb.shape[0])
         return compose.over(fg, alpha, background(size))
 
-    return compose_frame
+    return edge_frame, paint_frame
+
+
+class _Spool:
+    """--crop on video: each frame's alpha and changed colours, kept on disk.
+
+    The crop box is the union over the whole clip, known only after the last
+    frame; the frame size must be fixed before the first is encoded. So the
+    first pass (decode, model, edge steps) writes each frame's alpha
+    (zlib, ~1-5% of its raw size for a typical mask) and the colours the edge
+    steps changed (matting, decontaminate: only soft pixels) to an unlinked
+    temporary file, and the second pass decodes the video again, reads them
+    back, composes, crops and encodes. The model and the edge steps run once;
+    the extra cost is a second decode plus (de)compression. Memory stays at a
+    few frames for any length; the disk holds a few tens of KB per frame.
+    """
+
+    def __init__(self, folder: Path):
+        import tempfile
+
+        self._file = tempfile.TemporaryFile(dir=folder, prefix=".bgrm-crop-")
+        self.count = 0
+        self.box: tuple[int, int, int, int] | None = None
+
+    def write(self, rgb: np.ndarray, alpha: np.ndarray, fg: np.ndarray) -> None:
+        import zlib
+
+        self.box = edges.union(self.box, edges.subject_box(alpha))
+        changed = np.flatnonzero((fg != rgb).any(axis=2)).astype(np.uint32) \
+            if fg is not rgb else np.zeros(0, np.uint32)
+        colours = fg.reshape(-1, 3)[changed]
+        blobs = [zlib.compress(a.tobytes(), 1) for a in (alpha, changed, colours)]
+        self._file.write(struct.pack("<3Q", *map(len, blobs)) + b"".join(blobs))
+        self.count += 1
+
+    def rewind(self) -> None:
+        self._file.seek(0)
+
+    def read(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import zlib
+
+        sizes = struct.unpack("<3Q", self._file.read(24))
+        alpha, changed, colours = (zlib.decompress(self._file.read(n)) for n in sizes)
+        alpha = np.frombuffer(alpha, np.uint8).reshape(rgb.shape[:2])
+        changed = np.frombuffer(changed, np.uint32)
+        fg = rgb
+        if changed.size:
+            fg = rgb.copy()
+            fg.reshape(-1, 3)[changed] = np.frombuffer(colours, np.uint8).reshape(-1, 3)
+        return alpha, fg
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _shortfall(name: str, reader: VideoReader, end: float, limit: int | None) -> list[str]:
@@ -193,8 +247,9 @@ def _shortfall(name: str, reader: VideoReader, end: float, limit: int | None) ->
 
 
 def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
-                 progress: Callable[[int], None] | None = None) -> list[str]:
-    """Write ``src`` with its background removed to ``dst`` (atomically); return notes."""
+                 progress: Callable[[int], None] | None = None) -> Processed:
+    """Write ``src`` with its background removed to ``dst`` (atomically); return notes
+    (and with --crop the clip's one box)."""
     fmt = FORMATS[opts.video_format]
     name = str(src)
     notes: list[str] = []
@@ -203,13 +258,15 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
     out_rate = Fraction(opts.framerate) if opts.framerate else None
     # Before the decoder starts: a bad --bg-image fails here with nothing to clean up.
     background, release_background = _background(opts, fmt, lambda: out_rate or reader.info.rate)
-    compose_frame = _composer(opts, fmt, background)
+    edge_frame, paint_frame = _composer(opts, fmt, background)
     mask_filter = MaskFilter(opts.temporal_smoothing)
     matting = ThreadPoolExecutor(matting_threads(), thread_name_prefix="bgrm-matte") \
         if opts.matting.enabled else None
+    spool = _Spool(dst.parent) if opts.edges.crop else None
     reader = VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
     writer: VideoWriter | None = None
     shape: list[tuple[int, int]] = []
+    box: tuple[int, int, int, int] | None = None
 
     def prepare(frame: Frame) -> _Work:
         return _Work(frame, tensor=segmenter.prepare(Image.fromarray(frame.rgb)))
@@ -218,7 +275,13 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
         work.small, work.tensor = segmenter.predict(work.tensor), None
         return work
 
-    def finish(work: _Work) -> tuple[np.ndarray | Future, float]:
+    def render(rgb: np.ndarray, mask: np.ndarray):
+        alpha, fg = edge_frame(rgb, mask)
+        if spool is not None:
+            return rgb, alpha, fg  # composed in the second pass, once the box is known
+        return paint_frame(rgb, alpha, fg)
+
+    def finish(work: _Work) -> tuple[object, float]:
         frame = work.frame
         small = mask_filter(work.small, frame)
         h, w = frame.rgb.shape[:2]
@@ -226,60 +289,94 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
         if matting is not None:
             # Frames are matted side by side; encode() takes them back in order.
             # The queue after this step (two items) bounds the frames in flight.
-            return matting.submit(compose_frame, frame.rgb, mask), frame.pts
-        return compose_frame(frame.rgb, mask), frame.pts
+            return matting.submit(render, frame.rgb, mask), frame.pts
+        return render(frame.rgb, mask), frame.pts
 
-    def encode(item: tuple[np.ndarray | Future, float]) -> None:
+    def same_size(pixels: np.ndarray) -> None:
+        if not shape:
+            shape.append(pixels.shape[:2])
+        elif pixels.shape[:2] != shape[0]:
+            # An encoder stream has one size; ffmpeg passes a mid-stream change through.
+            raise InputError(f"{name}: the picture size changes mid-stream "
+                             f"({shape[0][1]}x{shape[0][0]} -> {pixels.shape[1]}x"
+                             f"{pixels.shape[0]}); bgrm needs one size per video")
+
+    def write(pixels: np.ndarray, pts: float) -> None:
         nonlocal writer
-        pixels, pts = item
-        if isinstance(pixels, Future):
-            pixels = pixels.result()
         if writer is None:
             h, w = pixels.shape[:2]
-            shape.append((h, w))
             writer = VideoWriter(picture, fmt, (w, h), out_rate or reader.info.rate, name,
                                  target=dst, sar=reader.info.sar)
             if writer.padded:
                 notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
                              f"encode; the last column/row is repeated: {writer.size[0]}x"
                              f"{writer.size[1]}")
-        elif pixels.shape[:2] != shape[0]:
-            # An encoder stream has one size; ffmpeg passes a mid-stream change through.
-            raise InputError(f"{name}: the picture size changes mid-stream "
-                             f"({shape[0][1]}x{shape[0][0]} -> {pixels.shape[1]}x"
-                             f"{pixels.shape[0]}); bgrm needs one size per video")
         writer.write(pixels, pts)
+
+    def encode(item: tuple[object, float]) -> None:
+        pixels, pts = item
+        if isinstance(pixels, Future):
+            pixels = pixels.result()
+        if spool is not None:
+            same_size(pixels[0])
+            spool.write(*pixels)
+        else:
+            same_size(pixels)
+            write(pixels, pts)
         if progress:
             progress(1)
 
+    def crop_pass() -> None:
+        """--crop: decode again, compose from the spool, cut to the clip's box, encode."""
+        nonlocal box
+        spool.rewind()
+        h, w = shape[0]
+        box = edges.crop_box(spool.box, opts.edges.crop_margin, (w, h))
+        left, top, right, bottom = box
+        again = VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
+        seen = 0
+
+        def paint(frame: Frame) -> tuple[np.ndarray, float]:
+            nonlocal seen
+            seen += 1
+            if seen > spool.count or frame.rgb.shape[:2] != (h, w):
+                raise InputError(f"{name}: decoded differently the second time (--crop "
+                                 "reads the video twice)")
+            alpha, fg = spool.read(frame.rgb)
+            pixels = paint_frame(frame.rgb, alpha, fg)[top:bottom, left:right]
+            return np.ascontiguousarray(pixels), frame.pts
+
+        try:
+            run_stages(again, [paint], lambda item: write(*item))
+        finally:
+            again.close()
+        if seen != spool.count:
+            raise InputError(f"{name}: decoded {seen} frames the second time, "
+                             f"{spool.count} the first (--crop reads the video twice)")
+
     try:
-        with atomic_path(dst) as tmp:
-            # The input's header (has it audio?) is read while the first frame decodes.
-            with_audio = fmt.audio_args is not None
-            picture = tmp.with_name(f"{tmp.stem}.picture{tmp.suffix}") if with_audio else tmp
+        with open_output(dst, fmt, name) as out:
+            picture = out.picture
             try:
                 run_stages(reader, [prepare, infer, finish], encode)
-                if writer is None:
+                if not shape:
                     raise InputError(f"{name}: no video frames could be decoded")
+                if spool is not None:
+                    crop_pass()
                 writer.finish()
                 notes += _shortfall(name, reader, writer.end, opts.frame_limit)
-                if with_audio:
-                    if reader.info.has_audio:
-                        add_audio(picture, src, tmp, fmt, writer.end, name, dst)
-                    else:
-                        picture.replace(tmp)
+                # The input's header (has it audio?) was read with the first frame.
+                out.complete(src, reader.info.has_audio, writer.end)
             except BaseException:
                 if writer is not None:
                     writer.abort()
                 raise
-            finally:
-                if picture != tmp:
-                    picture.unlink(missing_ok=True)
     finally:
         if matting is not None:
             matting.shutdown(wait=True, cancel_futures=True)
         reader.close()
+        if spool is not None:
+            spool.close()
         if release_background:
             release_background()
-    return notes
-
+    return Processed(notes, box)

@@ -29,6 +29,7 @@ _FRAME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+).*?\bsar:(\d+)
                     r"\s+s:(\d+)x(\d+)")
 _RATE = re.compile(r"config in time_base: \S+, frame_rate: (\d+)/(\d+)")
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
+_STREAM_FPS = re.compile(r"Stream #0:\d+.*: Video: .*?, (\d+(?:\.\d+)?)(k?) fps,")
 # With -loglevel level+info each line reads "[source @ 0x..] [level] text".
 _LINE = re.compile(r"^(?:\[([^\]]*) @ 0x[0-9a-f]+\] )?\[(\w+)\] ?(.*)$")
 _END = object()
@@ -57,6 +58,26 @@ def first_error(errors) -> str:
         if text.strip():
             return text.strip()
     return "no message"
+
+
+def header(path: Path) -> tuple[float | None, float | None]:
+    """(duration in seconds, nominal frame rate) from the container's header alone:
+    ffmpeg opens the file and stops, nothing is decoded (~50 ms). Either may be
+    None. Only an estimate (progress totals): the frames are always counted."""
+    try:
+        proc = subprocess.run([*ffmpeg("level+info"), "-i", str(path)], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+    duration = rate = None
+    for raw in proc.stderr.decode("utf-8", "replace").splitlines():
+        line = split_line(raw)[2]
+        if (m := _DURATION.match(line)) and duration is None:
+            h, mi, sec = m.groups()
+            duration = int(h) * 3600 + int(mi) * 60 + float(sec)
+        elif (m := _STREAM_FPS.search(line)) and rate is None and "(attached pic)" not in line:
+            rate = float(m.group(1)) * (1000 if m.group(2) else 1)
+    return duration, rate
 
 
 @dataclass

@@ -15,15 +15,18 @@ audio is shorter, and drops the last frame even when it is not.
 from __future__ import annotations
 
 import collections
+import contextlib
 import struct
 import subprocess
 import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from bgrm.errors import OutputError
+from bgrm.outputs import atomic_folder, atomic_path
 from bgrm.video.formats import Format
 from bgrm.video.reader import ffmpeg, first_error, split_line
 
@@ -154,16 +157,68 @@ class VideoWriter:
         self._stderr.join()
 
 
-def add_audio(video: Path, src: Path, dst: Path, fmt: Format, seconds: float, name: str,
-              target: Path) -> None:
+def add_audio(video: Path | None, src: Path, dst: Path, fmt: Format, seconds: float,
+              name: str, target: Path) -> None:
     """``video`` plus the first ``seconds`` of ``src``'s audio -> ``dst``; the picture
-    is copied untouched, so its frames and timing stay exactly as encoded."""
-    cmd = [*ffmpeg("level+error"), "-y", "-i", str(video), "-t", f"{seconds:.6f}", "-vn", "-sn", "-dn", "-i", str(src),
-           "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", *fmt.audio_args,
-           *(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
-           "-f", fmt.muxer, str(dst)]
+    is copied untouched, so its frames and timing stay exactly as encoded.
+    With ``video`` None, the audio alone, as a WAV (a PNG sequence's sound)."""
+    if video is None:
+        cmd = [*ffmpeg("level+error"), "-y", "-t", f"{seconds:.6f}", "-vn", "-sn", "-dn",
+               "-i", str(src), "-map", "0:a:0", *fmt.audio_args, "-f", "wav", str(dst)]
+    else:
+        cmd = [*ffmpeg("level+error"), "-y", "-i", str(video), "-t", f"{seconds:.6f}", "-vn",
+               "-sn", "-dn", "-i", str(src), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy",
+               *fmt.audio_args, *(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
+               "-f", fmt.muxer, str(dst)]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
     if proc.returncode != 0:
         lines = [split_line(ln)[2] for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
         raise OutputError(f"{name}: ffmpeg failed ({proc.returncode}) adding the audio to "
                           f"{target}: {first_error(lines)}")
+
+
+class Output:
+    """Where ``fmt``'s encoder writes for ``dst``, and how audio joins the picture.
+
+    ``picture`` is a temporary file beside ``dst`` (a second one when audio is
+    added afterwards), or for a PNG sequence a numbered pattern inside the
+    temporary folder. ``open_output`` renames the whole onto ``dst`` at the end.
+    """
+
+    def __init__(self, tmp: Path, dst: Path, fmt: Format, name: str):
+        self.tmp, self.dst, self.fmt, self.name = tmp, dst, fmt, name
+        if fmt.sequence:
+            # x_processed/x_processed_000001.png: the frames' names say whose they are.
+            self.picture = tmp / f"{dst.name}_%06d.png"
+        elif fmt.audio_args is not None:
+            self.picture = tmp.with_name(f"{tmp.stem}.picture{tmp.suffix}")
+        else:
+            self.picture = tmp
+
+    def complete(self, src: Path, has_audio: bool, seconds: float) -> None:
+        """The encoded picture is finished: add ``src``'s first ``seconds`` of audio."""
+        fmt = self.fmt
+        if fmt.audio_args is None:
+            return
+        if fmt.sequence:
+            if has_audio:
+                add_audio(None, src, self.tmp / f"{self.dst.name}.wav", fmt, seconds,
+                          self.name, self.dst)
+        elif has_audio:
+            add_audio(self.picture, src, self.tmp, fmt, seconds, self.name, self.dst)
+        else:
+            self.picture.replace(self.tmp)
+
+
+@contextlib.contextmanager
+def open_output(dst: Path, fmt: Format, name: str) -> Iterator[Output]:
+    """An ``Output`` for ``dst``: complete at ``dst`` when the block ends well, and
+    on any failure (Ctrl-C included) nothing at all, temporaries removed."""
+    place = atomic_folder if fmt.sequence else atomic_path
+    with place(dst) as tmp:
+        out = Output(tmp, dst, fmt, name)
+        try:
+            yield out
+        finally:
+            if not fmt.sequence and out.picture != tmp:
+                out.picture.unlink(missing_ok=True)
