@@ -7,6 +7,7 @@ imageio are imported only inside the commands that need them.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -194,7 +195,9 @@ def main() -> None:
         exc.show()
         status = exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        # Click turns Ctrl-C inside a command into Abort.
+        # Click turns Ctrl-C inside a command into Abort. The run is over: one
+        # more Ctrl-C (a user pressing it again) must not kill the exit itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         click.echo("bgrm: interrupted", err=True)
         status = ExitStatus.INTERRUPTED
     except BgrmError as exc:
