@@ -92,9 +92,11 @@ class VideoWriter:
         self._last_ticks = -1
         self._last_step = 1 / float(rate) if rate else None
         self.end = 0.0  # seconds: where the last frame stops showing
+        video_args = fmt.odd_width_args if fmt.odd_width_args and self.size[0] % 2 \
+            else fmt.video_args
         cmd = [*ffmpeg("level+error"), "-y", "-f", "matroska", "-i", "pipe:0", "-map", "0:v:0",
                "-vf", f"{fmt.filter},setsar={sar.numerator}/{sar.denominator}",
-               "-fps_mode", "passthrough", *fmt.video_args, "-map_metadata", "-1",
+               "-fps_mode", "passthrough", *video_args, "-map_metadata", "-1",
                "-f", fmt.muxer, str(path)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE)
