@@ -237,6 +237,19 @@ def test_mov_keeps_alpha_and_colour_with_either_prores_encoder(tmp_path, fixture
     assert error.mean() < 1.5 and np.percentile(error, 99) <= 6, (encoder, error.mean())
 
 
+def test_frame_head_plus_pixels_is_the_whole_matroska_cluster():
+    """The writer sends a frame's head and its pixels apart (no 8 MB joins); together
+    they must be the Cluster that nesting the elements whole gives."""
+    import struct
+
+    from bgrm.video.writer import _element, _uint, mkv_frame
+
+    for ticks, pixels in ((0, b"\x00\x01\x02"), (123456, bytes(range(256)) * 7)):
+        block = _element(0xA3, b"\x81" + struct.pack(">hB", 0, 0x80) + pixels)
+        assert mkv_frame(ticks, len(pixels)) + pixels == \
+            _element(0x1F43B675, _uint(0xE7, ticks) + block)
+
+
 def test_stages_bound_frames_in_flight_and_surface_the_first_error():
     from bgrm.video.stages import run_stages
 
