@@ -556,5 +556,196 @@ def row_edges(b: Bench) -> None:
 ROWS.append(row_edges)
 
 
+
+# The least a 1080p video can cost: its stages' CPU seconds, each run bare,
+# spread over every core. Inference is measured in this process (process
+# time counts onnxruntime's threads); decode and encode are ffmpeg alone, the
+# encoder fed the very frames bgrm composed (read back from its output).
+def _inference_cpu_per_frame(clip: Path, frames: int = 8) -> float:
+    from bgrm.models import REGISTRY, ResolvedModel
+    from bgrm.segment import Segmenter
+    from bgrm.video.reader import VideoReader
+
+    seg = Segmenter(ResolvedModel(REGISTRY["u2netp"], ROOT / "bgrm" / "assets" / "u2netp.onnx"),
+                    "cpu", spinning=False)  # as `bgrm video` runs it
+    with VideoReader(clip, str(clip), limit=1) as reader:
+        tensor = seg.prepare(Image.fromarray(next(iter(reader)).rgb))
+    seg.predict(tensor)
+    start = time.process_time()
+    for _ in range(frames):
+        seg.predict(tensor)
+    return (time.process_time() - start) / frames
+
+
+def _ffmpeg_cpu(args: list[str], env: dict) -> float:
+    from bgrm.video.reader import ffmpeg
+
+    return run([*ffmpeg("error"), "-y", *args], env)[2]
+
+
+def row_video_1080p(b: Bench) -> None:
+    """Issue #14: a 1080p pan to mov and to mp4_with_color against the CPU floor.
+
+    bgrm's steady rate is (frames - 1) over the time a whole clip takes beyond a
+    one-frame run of the same command, so start-up (imports, model, ffmpeg)
+    cancels; the floor is (inference + decode + encode CPU-s per frame) / cores,
+    all measured in the same alternation as bgrm's runs.
+    """
+    from bgrm.video.formats import FORMATS
+
+    frames = 30
+    clip = make_clip(b.work / "clip1080.mp4", frames, size=(1920, 1080))
+    cores = os.cpu_count() or 1
+    for name, pix in (("mov", "rgba"), ("mp4_with_color", "rgb24")):
+        fmt = FORMATS[name]
+        out = b.work / f"v1080-{name}"
+        result = out / f"{clip.stem}_processed.{fmt.ext}"
+        raw = b.work / "composed.raw"
+        cmd = b.bgrm + ["video", "--model", "u2netp", "--video-format", name, str(clip),
+                        "-o", str(out)]
+        whole, one, floor, parts = Measure(), Measure(), [], []
+        for _ in range(b.reps):
+            one.add(*run(cmd + ["--frame-limit", "1"], b.env))
+            whole.add(*run(cmd, b.env))
+            _ffmpeg_cpu(["-i", str(result), "-f", "rawvideo", "-pix_fmt", pix, str(raw)], b.env)
+            dec = _ffmpeg_cpu(["-i", str(clip), "-pix_fmt", "rgb24", "-f", "null", "-"],
+                              b.env) / frames
+            enc = _ffmpeg_cpu(["-f", "rawvideo", "-pix_fmt", pix, "-s", "1920x1080", "-r", "25",
+                               "-i", str(raw), "-vf", fmt.filter, *fmt.video_args,
+                               "-f", fmt.muxer, str(b.work / f"bare.{fmt.ext}")], b.env) / frames
+            inf = _inference_cpu_per_frame(clip)
+            parts.append((inf, dec, enc))
+            floor.append((inf + dec + enc) / cores)
+        steady = (whole.t - one.t) / (frames - 1)
+        own = (whole.cpu - one.cpu) / (frames - 1)
+        bound = statistics.median(floor)
+        inf, dec, enc = (statistics.median(p[i] for p in parts) for i in range(3))
+        b.table.add(f"video 1080p to {name}, steady s/frame", f"{steady:.3f} s/frame",
+                    f"{bound:.3f} s/frame (floor: cpu-s {inf:.2f} model + {dec:.2f} decode + "
+                    f"{enc:.2f} encode, / {cores} cores)", f"{bound / steady:.2f} of floor",
+                    ">= 0.9", bound / steady >= 0.9,
+                    # What wall time can reach on idle cores: the floor's CPU
+                    # seconds over bgrm's (a loaded machine slows the wall ratio).
+                    cpu=f"{(inf + dec + enc) / own:.2f} of floor ({own:.2f} cpu-s/frame)")
+        b.table.add(f"  whole command, {frames} frames", f"{whole.t:.1f} s",
+                    f"{bound * frames:.1f} s (floor x frames)",
+                    f"{bound * frames / whole.t:.2f} of floor", "(incl. start-up)", None)
+
+
+ROWS.append(row_video_1080p)
+
+
+# Issue #14's int8 study, reproducible: calibration on scikit-image's other
+# photos (never the fixtures), judged on the fixtures, their mirrors and crops.
+_CALIBRATION = ["motorcycle_left.png", "motorcycle_right.png", "camera.png", "horse.png",
+                "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "color.png", "coins.png",
+                "moon.png", "page.png", "brick.png", "grass.png", "gravel.png",
+                "clock_motion.png", "logo.png", "cell.png", "text.png"]
+
+
+def _int8_variants(work: Path) -> dict[str, Path]:
+    """u2netp at opset 13 (per-channel int8 needs it), pre-processed as onnxruntime
+    advises, then three static QDQ quantizations (MinMax, uint8 activations,
+    per-channel int8 weights): every op; every op but conv 787's outlier path
+    and the fusion head; and that, with the seven convs most sensitive alone kept fp32."""
+    import onnx
+    import skimage
+    from onnx import version_converter
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from bgrm.models import REGISTRY, ResolvedModel
+    from bgrm.segment import Segmenter
+
+    fp32 = ROOT / "bgrm" / "assets" / "u2netp.onnx"
+    opset13, pre = work / "u2netp13.onnx", work / "u2netp_pre.onnx"
+    onnx.save(version_converter.convert_version(onnx.load(fp32), 13), opset13)
+    quant_pre_process(str(opset13), str(pre), skip_symbolic_shape=True)
+    seg = Segmenter(ResolvedModel(REGISTRY["u2netp"], fp32), "cpu")
+    data = Path(skimage.__file__).parent / "data"
+    tensors = []
+    for name in _CALIBRATION:
+        photo = Image.open(data / name).convert("RGB")
+        w, h = photo.size
+        for im in (photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                   photo.crop((w // 6, h // 6, w - w // 5, h - h // 5))):
+            tensors.append(seg.prepare(im))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(tensors)
+
+        def get_next(self):
+            t = next(self.it, None)
+            return None if t is None else {seg.input_name: t}
+
+    sigmoid = [n.name for n in onnx.load(pre).graph.node if n.op_type == "Sigmoid"]
+    outlier = ["Conv_765", "Relu_766", "Resize_785", "Concat_786", "Conv_787"]
+    head = ["Concat_1046", "Conv_1047", *sigmoid]
+    # Quantized alone, each of these takes the worst IoU under 0.99 (787, 765
+    # and 1047 too, excluded above already).
+    sensitive = ["Conv_0", "Conv_2", "Conv_5", "Conv_8", "Conv_136", "Conv_138", "Conv_920"]
+    cache = work / "calibration.json"
+    out = {}
+    for name, exclude in (("every op int8", None),
+                          ("all but outlier path + head", outlier + head),
+                          ("... and 7 sensitive convs fp32", outlier + head + sensitive)):
+        path = work / f"int8-{len(out)}.onnx"
+        quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                        calibration_cache_path=str(cache))
+        out[name] = path
+    return out
+
+
+def row_int8(b: Bench) -> None:
+    """Issue #14: int8 u2netp against fp32 (not shipped: no variant keeps the masks).
+
+    Masks: IoU (cut at half) and mean absolute difference at full size, worst
+    over 12 photos; speed: fp32 and int8 sessions alternated in this process."""
+    from bgrm.models import REGISTRY, ResolvedModel
+    from bgrm.segment import Segmenter
+
+    fp32 = ROOT / "bgrm" / "assets" / "u2netp.onnx"
+    photos = []
+    for name in PHOTOS:
+        im = Image.open(FIXTURES / name).convert("RGB")
+        w, h = im.size
+        photos += [im, im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                   im.crop((w // 8, h // 10, w - w // 6, h - h // 12))]
+    ref = Segmenter(ResolvedModel(REGISTRY["u2netp"], fp32), "cpu")
+    ref_masks = [np.asarray(ref.mask(p), dtype=np.int16) for p in photos]
+    tensor = ref.prepare(photos[0])
+    for name, path in _int8_variants(b.work).items():
+        seg = Segmenter(ResolvedModel(REGISTRY["u2netp"], path), "cpu")
+        worst_iou, worst_mad = 1.0, 0.0
+        for photo, r in zip(photos, ref_masks, strict=True):
+            m = np.asarray(seg.mask(photo), dtype=np.int16)
+            x, y = m >= 128, r >= 128
+            worst_iou = min(worst_iou, (x & y).sum() / max((x | y).sum(), 1))
+            worst_mad = max(worst_mad, float(np.abs(m - r).mean()))
+        times = {ref: [], seg: []}
+        for _ in range(max(b.reps, 3)):
+            for s in (ref, seg):
+                start = time.perf_counter()
+                for _ in range(3):
+                    s.predict(tensor)
+                times[s].append((time.perf_counter() - start) / 3)
+        t32, t8 = statistics.median(times[ref]), statistics.median(times[seg])
+        b.table.add(f"int8 u2netp: {name}", f"{t8 * 1000:.0f} ms; IoU {worst_iou:.3f}, "
+                    f"MAD {worst_mad:.1f}", f"{t32 * 1000:.0f} ms (fp32)",
+                    f"{t32 / t8:.2f}x faster", ">= 1.5x; IoU >= 0.98, MAD <= 4",
+                    t32 / t8 >= 1.5 and worst_iou >= 0.98 and worst_mad <= 4)
+
+
+ROWS.append(row_int8)
+
+
 if __name__ == "__main__":
     main()

@@ -137,6 +137,7 @@ def test_many_inputs_rotated_odd_vfr_silent_webm(bgrm, clips, out):
     assert rotated.size == (96, 160) and "rotation" not in rotated.header.lower()
     odd = probe(out / "odd_processed.mov")
     assert odd.size == (161, 97) and odd.count == 7  # ProRes keeps odd sizes
+    assert "prores (4444)" in odd.header and "yuva444p" in odd.header  # (prores_ks)
     vfr = probe(out / "vfr_processed.mov")
     assert vfr.count == 7
     # The half-second hold after the sixth frame survives: timing, not just count.
@@ -208,6 +209,45 @@ def test_ffmpeg_failure_is_an_error_naming_the_file(tmp_path):
         for i in range(3):
             writer.write(np.zeros((16, 16, 4), np.uint8), i / 10)
         writer.finish()
+
+
+@pytest.mark.parametrize("width", [64, 65])
+def test_mov_keeps_alpha_and_colour_with_either_prores_encoder(tmp_path, fixtures, width):
+    """Even widths go to prores_aw, odd ones to prores_ks: both must give ProRes 4444
+    whose alpha comes back within one level and whose colour stays near the source."""
+    from PIL import Image
+
+    from bgrm.video.formats import FORMATS
+    from bgrm.video.writer import VideoWriter
+
+    rgb = np.asarray(Image.open(fixtures / "astronaut.png").convert("RGB").resize((width, 48)))
+    alpha = np.tile(np.linspace(0, 255, width).astype(np.uint8), (48, 1))
+    rgba = np.dstack([rgb, alpha])
+    writer = VideoWriter(tmp_path / "x.mov", FORMATS["mov"], (width, 48), None, "clip.mp4")
+    for i in range(3):
+        writer.write(rgba, i / 10)
+    writer.finish()
+    p = probe(tmp_path / "x.mov")
+    encoder = "prores_aw" if width % 2 == 0 else "prores_ks"
+    assert "prores (4444)" in p.header and "yuva444p" in p.header, encoder
+    assert p.count == 3 and p.size == (width, 48)
+    assert np.abs(p.frames[..., 3].astype(int) - alpha).max() <= 1, encoder
+    seen = alpha > 0
+    error = np.abs(p.frames[..., :3].astype(int) - rgb)[:, seen]
+    assert error.mean() < 1.5 and np.percentile(error, 99) <= 6, (encoder, error.mean())
+
+
+def test_frame_head_plus_pixels_is_the_whole_matroska_cluster():
+    """The writer sends a frame's head and its pixels apart (no 8 MB joins); together
+    they must be the Cluster that nesting the elements whole gives."""
+    import struct
+
+    from bgrm.video.writer import _element, _uint, mkv_frame
+
+    for ticks, pixels in ((0, b"\x00\x01\x02"), (123456, bytes(range(256)) * 7)):
+        block = _element(0xA3, b"\x81" + struct.pack(">hB", 0, 0x80) + pixels)
+        assert mkv_frame(ticks, len(pixels)) + pixels == \
+            _element(0x1F43B675, _uint(0xE7, ticks) + block)
 
 
 def test_stages_bound_frames_in_flight_and_surface_the_first_error():
