@@ -92,13 +92,7 @@ def commit(held: Path, dst: Path) -> None:
     that one is moved aside first and removed after.
     """
     try:
-        if held.is_dir() and dst.is_dir() and not dst.is_symlink():
-            old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
-            os.rename(dst, old)
-            os.rename(held, dst)
-            remove_tmp(old)
-        else:
-            os.replace(held, dst)
+        _replace(held, dst)
     except OSError as exc:
         remove_tmp(held)
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
@@ -117,18 +111,23 @@ def atomic_folder(dst: Path) -> Iterator[Path]:
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         yield tmp
-        final = final_path(dst)  # held by an executor: its commit replaces dst whole
-        if final.is_dir() and not final.is_symlink():
-            old = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}.old")
-            os.rename(final, old)
-            os.rename(tmp, final)
-            remove_tmp(old)
-        else:
-            os.replace(tmp, final)
+        _replace(tmp, final_path(dst))  # held by an executor: its commit replaces dst whole
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
     finally:
         remove_tmp(tmp)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """os.replace, also for a folder onto an earlier folder (which os.replace
+    refuses unless empty): that one is moved aside first and removed after."""
+    if src.is_dir() and dst.is_dir() and not dst.is_symlink():
+        old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
+        os.rename(dst, old)
+        os.rename(src, dst)
+        remove_tmp(old)
+    else:
+        os.replace(src, dst)
 
 
 def remove_tmp(path: Path) -> None:
