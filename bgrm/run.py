@@ -202,7 +202,12 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, jobs, device, 
 
     try:
         with _stdout_to_stderr():
-            if scheduler:
+            if scheduler and job == "video":
+                # Long videos are split into segments over the cluster.
+                from bgrm.video.segments_dask import run_on_cluster
+
+                results = run_on_cluster(scheduler, jobs_list, on_progress, on_result)
+            elif scheduler:
                 from bgrm.distributed import run_on_cluster
 
                 results = run_on_cluster(scheduler, jobs_list, on_progress, on_result)
