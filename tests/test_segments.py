@@ -35,7 +35,7 @@ def test_ranges_cover_the_video_once():
     spans = segments.ranges(10.0, 3.0, None, 25.0, 0.8)
     assert len(spans) == 4  # at most 3 s each, equal
     assert spans[0].start is None and spans[-1].end is None
-    for a, b in zip(spans, spans[1:]):
+    for a, b in zip(spans, spans[1:], strict=False):
         assert a.end == b.start  # half-open: each frame in one range
     assert spans[1].warm == segments.warm_frames(0.8) / 25.0
     assert segments.warm_frames(0.8) == 18 and segments.warm_frames(0.0) == 0
@@ -128,10 +128,11 @@ def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster):
 
 
 def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_path, cluster):
-    """A variable-rate clip (holds of 0.5 s and 0.4 s), cut by --frame-limit inside
-    its third segment; and the same with --framerate."""
+    """A variable-rate clip (holds of 0.5 s and 0.4 s) whose picture starts 0.3 s
+    after its sound, cut by --frame-limit inside its third segment; and the same
+    with --framerate."""
     address, _ = cluster
-    hold = ",setpts='(N+6*gte(N\\,6)+5*gte(N\\,20))/10/TB'"
+    hold = ",setpts='(N+3+6*gte(N\\,6)+5*gte(N\\,20))/10/TB'"
     clip = make_clip(tmp_path / "vfr.mp4", fixtures / "astronaut.png", size=(96, 64),
                      frames=30, fps=10, audio=True, vf_extra=hold,
                      codec=("-c:v", "libx264", "-pix_fmt", "yuv420p", "-fps_mode", "vfr",

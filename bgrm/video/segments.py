@@ -14,7 +14,8 @@ three things here, none of which knows where it runs:
   short warm-up before the range run the model and the temporal smoothing
   but are not written, so the smoothing arrives at the range's first frame as
   a whole run would. The part starts at time 0, shifted by its first frame's
-  time in whole ticks, and has no audio.
+  time in whole ticks, and has no audio. (A whole run's output starts at 0
+  too: ffmpeg starts its input, the encoder's frames, at the first.)
 - ``join``: the parts, in order, into ``dst`` (atomically): ffmpeg's concat
   demuxer copies the encoded frames (ProRes, H.264, VP9: every part is
   encoded with the same settings and starts with a keyframe) and places each part at its first frame's time, so the joined
@@ -294,15 +295,20 @@ def join(parts: list[Part], src: Path, dst: Path, opts: VideoOptions, name: str)
                 for frame in sorted(part.path.glob(f"{part.path.name}_*.png")):
                     number += 1
                     frame.rename(out.tmp / f"{dst.name}_{number:06d}.png")
+            out.complete(src, has_audio, end)
         else:
-            _concat(parts, out.picture, fmt, name, dst)
-        out.complete(src, has_audio, end)
+            # The audio joins in the same pass: a long output is copied once, not twice.
+            audio = src if has_audio and fmt.audio_args is not None else None
+            _concat(parts, out.picture, fmt, name, dst, audio, end)
+            out.complete(src, False, end)
     return sum(p.count for p in parts)
 
 
-def _concat(parts: list[Part], picture: Path, fmt: Format, name: str, dst: Path) -> None:
+def _concat(parts: list[Part], picture: Path, fmt: Format, name: str, dst: Path,
+            audio: Path | None, seconds: float) -> None:
     """ffmpeg's concat demuxer, stream copy: each part placed at its first frame's
-    time (the ``duration`` of the one before it), relative to the first part's."""
+    time (the ``duration`` of the one before it);
+    with ``audio``, its first ``seconds`` of sound as ``writer.add_audio`` adds it."""
     listing = picture.with_name(picture.name + ".concat.txt")
     lines = ["ffconcat version 1.0"]
     for part, after in zip(parts, [*parts[1:], None], strict=True):
@@ -311,10 +317,13 @@ def _concat(parts: list[Part], picture: Path, fmt: Format, name: str, dst: Path)
         if after is not None:
             lines.append(f"duration {(after.origin - part.origin) / _TICKS_PER_S:.6f}")
     listing.write_text("\n".join(lines) + "\n")
-    shift = parts[0].origin / _TICKS_PER_S
+    sound_in, sound_out = [], []
+    if audio is not None:
+        sound_in = ["-t", f"{seconds:.6f}", "-vn", "-sn", "-dn", "-i", str(audio)]
+        sound_out = ["-map", "1:a:0?", *fmt.audio_args]
     cmd = [*ffmpeg("level+error"), "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
-           "-map", "0:v:0", "-c", "copy", "-map_metadata", "-1",
-           *(("-output_ts_offset", f"{shift:.6f}") if shift else ()),
+           *sound_in, "-map", "0:v:0", "-c:v", "copy", *sound_out,
+           "-map_metadata", "-1",
            *(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
            "-f", fmt.muxer, str(picture)]
     try:
