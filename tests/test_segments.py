@@ -129,7 +129,7 @@ def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster):
 
 def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_path, cluster):
     """A variable-rate clip (holds of 0.5 s and 0.4 s) whose picture starts 0.3 s
-    after its sound, cut by --frame-limit inside its third segment; and the same
+    after its sound, cut by --frame-limit 6 frames before its end; and the same
     with --framerate."""
     address, _ = cluster
     hold = ",setpts='(N+3+6*gte(N\\,6)+5*gte(N\\,20))/10/TB'"
