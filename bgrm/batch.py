@@ -1,52 +1,22 @@
-"""Many inputs per run: expand them, name the outputs, run the jobs, collect results."""
+"""Many inputs per run: expand them, name the outputs, and how many files at once.
+
+The files are run by an executor (bgrm.run)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import stat
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bgrm.errors import BgrmError
-from bgrm.models import ResolvedModel
-from bgrm.outputs import SUFFIX, is_output_name, remove_leftovers
+from bgrm.outputs import SUFFIX, is_output_name
 from bgrm.report import Result
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
                     ".heic", ".heif", ".hif", ".avif")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".mpg",
                     ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
-# Where each kind of job is done, imported only when a job of that kind runs.
-PROCESSORS = {"image": "bgrm.image", "video": "bgrm.video.pipeline"}
 EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How the model runs, the same for every file of a run."""
-
-    model: ResolvedModel
-    device: str = "auto"
-    threads: int | None = None
-    skip_existing: bool = False
-    traceback: bool = False
-    # onnxruntime's idle threads spin for a while after each run; when other
-    # work (matting) follows on the same cores, that spinning only steals them.
-    spinning: bool = True
-
-
-@dataclass(frozen=True)
-class Job:
-    kind: str  # image | video
-    src: Path
-    dst: Path
-    name: str  # the input as the user named it
-    options: Any  # ImageOptions | VideoOptions
-    runtime: Runtime
 
 
 def expand(inputs: list[str], kind: str, recursive: bool,
@@ -158,40 +128,6 @@ def _place(src: Path, folders: list[Path]) -> Path:
     return Path()
 
 
-def run_job(job: Job, progress: Callable[[int], None]) -> Result:
-    """Process one file; every failure becomes the result's error, never an exception."""
-    if job.runtime.skip_existing and job.dst.exists():
-        return Result(job.name, job.dst, skipped=True)
-    try:
-        from bgrm.segment import get_segmenter
-
-        segmenter = get_segmenter(job.runtime.model, job.runtime.device, job.runtime.threads,
-                                  job.runtime.spinning)
-        module = importlib.import_module(PROCESSORS[job.kind])
-        done = module.process_file(job.src, job.dst, job.options, segmenter, progress)
-        return Result(job.name, job.dst, notes=list(done.notes), crop_box=done.crop_box)
-    except BgrmError as exc:
-        # The traceback is kept for --traceback; the user sees the one line.
-        return Result(job.name, error=_one_line(str(exc)), traceback=traceback.format_exc())
-    except MemoryError:
-        return Result(job.name, error=f"{job.name}: out of memory",
-                      traceback=traceback.format_exc())
-    except Exception as exc:  # noqa: BLE001 - one file's bug must not stop the batch
-        return Result(job.name, error=f"{job.name}: internal error: {type(exc).__name__}: "
-                      f"{_one_line(str(exc))}", traceback=traceback.format_exc())
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "(no message)"
-
-
-def _death(job: Job, pid: int, exitcode: int | None) -> Result:
-    remove_leftovers({job.dst.parent}, pid)
-    how = f"killed by signal {-exitcode}" if exitcode and exitcode < 0 else f"exit {exitcode}"
-    hint = " (out of memory?)" if exitcode == -9 else ""
-    return Result(job.name, error=f"{job.name}: the worker processing it died ({how}){hint}")
-
-
 # Mean picture size from which plain cutouts run on threads too: around there
 # encoding the PNG takes as long as the inference.
 _LARGE_INPUT_PIXELS = 4_000_000
@@ -200,17 +136,15 @@ _LARGE_INPUT_PIXELS = 4_000_000
 def default_file_threads(kind: str, files: list[Path], matting: bool = False) -> int:
     """Files processed at once on threads of the one process, by default.
 
-    Measured on 2 cores (bench/bench.py, 3-5 alternated runs): a second
-    process costs its own interpreter, onnxruntime and pymatting imports
-    (~1 s) before its first file, which a run of a few photos never earns
+    A second process costs its own interpreter, onnxruntime and pymatting
+    imports before its first file, which a run of a few photos never earns
     back. Threads share the imports and the one model; onnxruntime, numba
     (matting) and Pillow's codecs release the GIL. Two files at once pay off
     where each file has much single-threaded work besides the inference:
-    alpha matting (5 small photos: 4.2 s vs 5.1 s one at a time) and large
-    photos (a mean of 4 MP or more, from the headers of the first 8), whose
-    PNG encoding rivals the inference (two 12 MP: 3.1 s vs 3.4 s). Small
-    photos without matting go one at a time, each inference on all cores
-    (5 photos: 1.9 s vs 2.1 s, and 560 MB instead of 860 MB).
+    alpha matting, and large photos (a mean of 4 MP or more, from the headers
+    of the first 8), whose PNG encoding rivals the inference. Small photos
+    without matting go one at a time, each inference on all cores. The
+    measured figures are in the README's Speed section (bench/bench.py).
     ``--jobs N`` still gives N processes, each file isolated from a crash or
     out-of-memory kill of another.
     """
@@ -239,81 +173,3 @@ def _mean_pixels(files: list[Path]) -> float:
         except Exception:  # noqa: BLE001, S112 - its own job says what is wrong with it
             continue
     return sum(sizes) / len(sizes) if sizes else 0.0
-
-
-def run(jobs: list[Job], workers: int, on_progress: Callable[[int, int], None],
-        on_result: Callable[[int, Result], None], file_threads: int = 1) -> list[Result]:
-    """Run the jobs inline (one worker, ``file_threads`` files at a time) or on a
-    pool; results in input order."""
-    if workers <= 1 and file_threads > 1 and len(jobs) > 1:
-        return _run_threads(jobs, file_threads, on_progress, on_result)
-    if workers <= 1 or len(jobs) <= 1:
-        results = []
-        try:
-            for i, job in enumerate(jobs):
-                result = run_job(job, lambda n, i=i: on_progress(i, n))
-                on_result(i, result)
-                results.append(result)
-        except BaseException:
-            # Ctrl-C can land inside atomic_path's cleanup, after the temporary
-            # file was made and before it was removed.
-            remove_leftovers({job.dst.parent for job in jobs}, os.getpid())
-            raise
-        return results
-    from bgrm.pool import run_pool
-
-    return run_pool(jobs, run_job, workers, on_progress=on_progress, on_result=on_result,
-                    on_death=_death)
-
-
-def _run_threads(jobs: list[Job], count: int, on_progress: Callable[[int, int], None],
-                 on_result: Callable[[int, Result], None]) -> list[Result]:
-    """Several files at once on threads of this process; results in input order.
-
-    Results and progress reach the callbacks from this (the main) thread only.
-    On Ctrl-C no new file is started and the files already under way are
-    finished (each is written whole or not at all) before it is re-raised.
-    """
-    import queue
-    import threading
-
-    results: list = [None] * len(jobs)
-    todo = iter(enumerate(jobs))
-    take = threading.Lock()
-    stop = threading.Event()
-    events: queue.SimpleQueue = queue.SimpleQueue()
-
-    def worker() -> None:
-        while not stop.is_set():
-            with take:
-                item = next(todo, None)
-            if item is None:
-                break
-            i, job = item
-            events.put(("done", i, run_job(job, lambda n, i=i: events.put(("progress", i, n)))))
-        events.put(("exit", -1, None))
-
-    threads = [threading.Thread(target=worker, name=f"bgrm-file-{n}", daemon=True)
-               for n in range(min(count, len(jobs)))]
-    for thread in threads:
-        thread.start()
-    running = len(threads)
-    try:
-        while running:
-            kind, i, payload = events.get()
-            if kind == "exit":
-                running -= 1
-            elif kind == "progress":
-                on_progress(i, payload)
-            else:
-                results[i] = payload
-                on_result(i, payload)
-    except BaseException:
-        stop.set()
-        try:
-            for thread in threads:
-                thread.join()
-        finally:
-            remove_leftovers({job.dst.parent for job in jobs}, os.getpid())
-        raise
-    return results

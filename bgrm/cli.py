@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from bgrm import __version__
-from bgrm.errors import BgrmError, ExitStatus, ParameterError
+from bgrm.errors import BgrmError, ExitStatus, ParameterError, first_line, unwind_on_termination
 from bgrm.models_cli import models
 from bgrm.options import PARAM_BY_NAME, PARAMS, from_params, params_for, parse_color
 
@@ -69,9 +69,13 @@ def job_options(job: str):
             click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False),
                          help="The hosted API's params as a JSON file; flags given here win."),
             click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders."),
-            click.option("-j", "--jobs", type=click.IntRange(1, 256),
+            click.option("-j", "--jobs", "processes", type=click.IntRange(1, 256),
                          help="Worker processes, one file each [default: one process, "
                               "several images at once on threads, by cores]."),
+            click.option("--timeout", type=click.FloatRange(0, min_open=True),
+                         metavar="SECONDS",
+                         help="A file that takes longer fails alone; its worker process is "
+                              "replaced [default: no limit]."),
             click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
                          show_default=True, help="Where the model runs."),
             click.option("--threads", type=click.IntRange(1, 256),
@@ -107,8 +111,7 @@ def _options(job: str, ctx: click.Context, kwargs: dict, params_file: str | None
             raise ParameterError(f"--params {params_file}: not a JSON object")
     typed = {
         p.name: kwargs[p.name] for p in params_for(job)
-        if ctx.get_parameter_source(p.name) in (click.core.ParameterSource.COMMANDLINE,
-                                                 click.core.ParameterSource.ENVIRONMENT)
+        if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE
         and kwargs[p.name] is not None
     }
     opts = from_params(job, params, typed)
@@ -151,9 +154,7 @@ def image(ctx, **kwargs):
     Each INPUT gives <stem>_processed.png (or .webp, .jpg: --format) beside it
     (or in --output-dir).
     """
-    from bgrm.run import run_command
-
-    _run(ctx, "image", kwargs, run_command)
+    _run(ctx, "image", kwargs)
 
 
 @cli.command()
@@ -164,33 +165,27 @@ def video(ctx, **kwargs):
 
     Each INPUT gives <stem>_processed.<ext> beside it (or in --output-dir).
     """
-    from bgrm.run import run_command
-
-    _run(ctx, "video", kwargs, run_command)
+    _run(ctx, "video", kwargs)
 
 
 cli.add_command(models)  # light: click and hashlib only; tqdm/urllib load on install
 
 
-def _run(ctx, job: str, kwargs: dict, run_command) -> None:
+def _run(ctx, job: str, kwargs: dict) -> None:
+    from bgrm.command import run_command
+
     opts = _options(job, ctx, kwargs, kwargs.pop("params_file"))
     for p in PARAMS:
         kwargs.pop(p.name, None)
     ctx.exit(run_command(job, opts, **kwargs))
 
 
-def _terminated(signum, frame):
-    # `kill`, `timeout`, a closed terminal: unwind as Ctrl-C does, so that
-    # temporary files are removed and workers stopped, then exit as the signal would.
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     """Entry point: map errors and Ctrl-C to exit statuses, in this one place."""
     show_traceback = "--traceback" in sys.argv
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) == signal.SIG_DFL:  # not under nohup
-            signal.signal(signum, _terminated)
+    # `kill`, `timeout`, a closed terminal: unwind as Ctrl-C does, so that
+    # temporary files are removed and workers stopped.
+    unwind_on_termination()
     try:
         # prog_name: usage lines read "bgrm image", also under `python -m bgrm`.
         status = cli.main(standalone_mode=False, prog_name="bgrm")
@@ -200,7 +195,9 @@ def main() -> None:
         exc.show()
         status = exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        # Click turns Ctrl-C inside a command into Abort.
+        # Click turns Ctrl-C inside a command into Abort. The run is over: one
+        # more Ctrl-C (a user pressing it again) must not kill the exit itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         click.echo("bgrm: interrupted", err=True)
         status = ExitStatus.INTERRUPTED
     except BgrmError as exc:
@@ -219,8 +216,7 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - a bug: still one line unless asked
         if show_traceback:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"bgrm: internal error: {type(exc).__name__}: {first} "
+        click.echo(f"bgrm: internal error: {type(exc).__name__}: {first_line(exc)} "
                    "(run again with --traceback for details)", err=True)
         status = ExitStatus.FAILED
     sys.exit(int(status or 0))

@@ -6,6 +6,7 @@ nothing but ``cli.main`` calls ``sys.exit``.
 
 from __future__ import annotations
 
+import signal
 from enum import IntEnum
 
 
@@ -44,3 +45,33 @@ class ParameterError(BgrmError):
 
 class DownloadError(BgrmError):
     """A model download that failed on the way (network, HTTP status, cut short)."""
+
+
+class ClusterError(BgrmError):
+    """The Dask scheduler cannot be reached, or its workers cannot run bgrm."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line for the user: its first line, or its
+    type's name when it has no message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def one_line(text: str) -> str:
+    """A whole message folded onto one line (a per-file error keeps all it says)."""
+    return " ".join(text.split()) or "(no message)"
+
+
+def _exit_as_signal(signum, frame):
+    # SystemExit unwinds finally blocks (temporary outputs removed, ffmpeg
+    # children and workers stopped), then the process exits as the signal would.
+    raise SystemExit(128 + signum)
+
+
+def unwind_on_termination() -> None:
+    """SIGTERM and SIGHUP (`kill`, `timeout`, a closed terminal) unwind like Ctrl-C;
+    a signal already ignored (SIGHUP under nohup) stays ignored."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _exit_as_signal)

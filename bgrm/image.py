@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bgrm import compose, edges
-from bgrm.errors import InputError
+from bgrm.errors import InputError, first_line
 from bgrm.options import ImageOptions
 
 # Beyond this many pixels an image is refused before it is decoded: a
@@ -110,13 +110,10 @@ def decode(data: bytes | Path, name: str) -> Decoded:
                 if note:
                     notes.append(note)
                 opened.load()
-                # Only an RGB profile fits the RGB output: a CMYK or grey one would not.
-                icc = opened.info.get("icc_profile") if opened.mode in (
-                    "RGB", "RGBA", "RGBX", "RGBa", "P", "PA") else None
+                icc = _rgb_profile(opened)
                 im = ImageOps.exif_transpose(opened)
                 if im is opened:
                     im = opened.copy()
-                exif = _exif_without_orientation(im)
     except InputError:
         raise
     except FileNotFoundError:
@@ -130,20 +127,37 @@ def decode(data: bytes | Path, name: str) -> Decoded:
                          f"({_what_it_is(data)})") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise TypeError,
         # IndexError, struct.error... on malformed files: all mean the same thing.
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{name}: corrupt or truncated image ({reason})") from exc
+        raise InputError(f"{name}: corrupt or truncated image ({first_line(exc)})") from exc
+    return _to_decoded(im, name, notes, icc)
+
+
+def from_picture(im: Image.Image, name: str = "<image>") -> Decoded:
+    """A picture already in memory (the Python API), made what ``decode`` makes of a
+    file: turned upright by its EXIF orientation, 8-bit RGB, its own alpha."""
+    return _to_decoded(ImageOps.exif_transpose(im), name, [], _rgb_profile(im))
+
+
+def _rgb_profile(im: Image.Image) -> bytes | None:
+    # Only an RGB profile fits the RGB output: a CMYK or grey one would not.
+    return im.info.get("icc_profile") if im.mode in (
+        "RGB", "RGBA", "RGBX", "RGBa", "P", "PA") else None
+
+
+def _to_decoded(im: Image.Image, name: str, notes: list[str], icc: bytes | None) -> Decoded:
     if im.width < 1 or im.height < 1:
         raise InputError(f"{name}: image has no pixels")
     try:
         rgb, alpha = _to_rgb(im)
     except Exception as exc:  # noqa: BLE001 - as above, for a malformed file's pixels
         raise InputError(f"{name}: cannot convert its {im.mode} pixels to RGB ({exc})") from exc
-    return Decoded(rgb, alpha, notes, icc or None, exif)
+    return Decoded(rgb, alpha, notes, icc or None, _exif_without_orientation(im))
 
 
 def _exif_without_orientation(im: Image.Image) -> bytes | None:
     try:
-        exif = im.getexif()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in decode: a damaged block is dropped
+            exif = im.getexif()
         exif.pop(_ORIENTATION, None)
         return exif.tobytes() if len(exif) else None
     except Exception:  # noqa: BLE001 - a damaged EXIF block is dropped, not the photo

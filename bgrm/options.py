@@ -132,7 +132,6 @@ class Param:
         raise AssertionError(self.kind)
 
 
-_MATTING = ("image", "video")
 # Largest --mask-grow / --mask-feather: far beyond any edge, small enough that
 # a typo cannot run for minutes.
 _EDGE_PX = 500

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from bgrm.errors import OutputError
@@ -46,7 +47,7 @@ def atomic_path(dst: Path) -> Iterator[Path]:
         # A sub-folder of -o mirroring the input tree is made on first use.
         dst.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        os.replace(tmp, dst)
+        os.replace(tmp, final_path(dst))
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
     finally:
@@ -54,6 +55,53 @@ def atomic_path(dst: Path) -> Iterator[Path]:
         # folder the unlink fails too, and must not hide the real error.
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+# (output, where to put it instead): set while an executor runs a file whose
+# output it renames into place itself, once it has the file's result in hand.
+_HOLD: ContextVar[tuple[Path, Path] | None] = ContextVar("bgrm_hold", default=None)
+
+
+def held_name(dst: Path, token: str) -> Path:
+    """Where a finished output waits for ``commit``: hidden, marked as bgrm's own
+    temporary, unique to one run (``token``) and one input."""
+    return dst.with_name(f".{dst.stem}{TMP_MARK}held-{token}{dst.suffix}")
+
+
+def final_path(dst: Path) -> Path:
+    """Where a finished output is renamed to: ``dst``, or its held name while an
+    executor holds it (``holding``). Every writer of outputs renames through this."""
+    held = _HOLD.get()
+    return held[1] if held and held[0] == dst else dst
+
+
+@contextlib.contextmanager
+def holding(dst: Path, held: Path) -> Iterator[None]:
+    """While inside, ``atomic_path(dst)`` renames the finished file onto ``held``."""
+    reset = _HOLD.set((dst, held))
+    try:
+        yield
+    finally:
+        _HOLD.reset(reset)
+
+
+def commit(held: Path, dst: Path) -> None:
+    """Move a held output into place (atomically: same folder).
+
+    A folder output (a sequence of files) replaces an earlier folder whole:
+    that one is moved aside first and removed after.
+    """
+    try:
+        if held.is_dir() and dst.is_dir() and not dst.is_symlink():
+            old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
+            os.rename(dst, old)
+            os.rename(held, dst)
+            remove_tmp(old)
+        else:
+            os.replace(held, dst)
+    except OSError as exc:
+        remove_tmp(held)
+        raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
 
 
 @contextlib.contextmanager
@@ -69,13 +117,14 @@ def atomic_folder(dst: Path) -> Iterator[Path]:
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         yield tmp
-        if dst.is_dir() and not dst.is_symlink():
-            old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
-            os.rename(dst, old)
-            os.rename(tmp, dst)
+        final = final_path(dst)  # held by an executor: its commit replaces dst whole
+        if final.is_dir() and not final.is_symlink():
+            old = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}.old")
+            os.rename(final, old)
+            os.rename(tmp, final)
             remove_tmp(old)
         else:
-            os.replace(tmp, dst)
+            os.replace(tmp, final)
     except OSError as exc:
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
     finally:

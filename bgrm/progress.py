@@ -28,25 +28,25 @@ def estimate_frames(path, opts) -> int | None:
     return frames
 
 
-class Progress:
+class ProgressBar:
     """One bar for a run: ``advance`` per video frame, ``finished`` per file."""
 
-    def __init__(self, job: str, jobs: list, opts, file=None):
+    def __init__(self, job: str, tasks: list, opts, file=None):
         from tqdm import tqdm
 
         self.job = job
         file = file or sys.stderr
         if job == "image":
-            self._bar = tqdm(total=len(jobs), unit="file", file=file, dynamic_ncols=True,
+            self._bar = tqdm(total=len(tasks), unit="file", file=file, dynamic_ncols=True,
                              leave=True)
             return
         # Headers are read side by side: a batch of many clips should not wait
         # for them one after another (each is an ffmpeg start, ~50 ms).
         with ThreadPoolExecutor(4) as pool:
-            guesses = list(pool.map(lambda j: estimate_frames(j.src, opts), jobs))
+            guesses = list(pool.map(lambda t: estimate_frames(t.src, opts), tasks))
         self._estimate = [g or 0 for g in guesses]  # 0: no header figure, counted as it comes
-        self._seen = [0] * len(jobs)
-        self._open = set(range(len(jobs)))
+        self._seen = [0] * len(tasks)
+        self._open = set(range(len(tasks)))
         self._bar = tqdm(total=sum(self._estimate), unit="frame", file=file,
                          dynamic_ncols=True, leave=True, bar_format=self._format())
 

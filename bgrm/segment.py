@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bgrm.errors import ModelError
+from bgrm.errors import ModelError, first_line
 from bgrm.models import ResolvedModel
 
 
@@ -39,10 +39,6 @@ def check_device(device: str) -> None:
     _providers(device)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _session(model: ResolvedModel, opts, device: str):
     """An InferenceSession on ``device``; ``auto`` falls back to the CPU with one notice."""
     import onnxruntime as ort
@@ -60,7 +56,7 @@ def _session(model: ResolvedModel, opts, device: str):
             session = create(["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
-                             f"{_first_line(exc)}") from exc
+                             f"{first_line(exc)}") from exc
         if device == "cuda":
             raise ModelError(f"--device cuda: the CUDA provider failed to load ({why}); "
                              "check the CUDA and cuDNN libraries, or use --device cpu")
@@ -72,8 +68,8 @@ def _session(model: ResolvedModel, opts, device: str):
     except Exception as exc:  # noqa: BLE001
         if providers[0] != "CUDAExecutionProvider":
             raise ModelError(f"model {model.path}: cannot be loaded by onnxruntime: "
-                             f"{_first_line(exc)}") from exc
-        return on_cpu(_first_line(exc))
+                             f"{first_line(exc)}") from exc
+        return on_cpu(first_line(exc))
     if providers[0] == "CUDAExecutionProvider" and \
             "CUDAExecutionProvider" not in session.get_providers():
         # onnxruntime-gpu without a usable GPU or libraries quietly runs on the CPU.

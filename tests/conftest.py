@@ -40,3 +40,14 @@ def bgrm(models_home):
                               capture_output=True, cwd=cwd, env=full_env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> dict:
+    """The environment of a real run in a subprocess (tests/procs.py): an empty
+    models folder (bundled u2netp), this checkout on the path."""
+    home = tmp_path_factory.mktemp("models-home")
+    out = {k: v for k, v in os.environ.items() if k != "U2NET_HOME"}
+    out["BGRM_MODELS"] = str(home)
+    out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), out.get("PYTHONPATH")]))
+    return out

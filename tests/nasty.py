@@ -14,6 +14,7 @@ import struct
 import time
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -206,15 +207,28 @@ def broken_corpus(folder: Path) -> dict[str, str]:
     return BROKEN
 
 
-def pool_task(job, progress):
-    """A pool job for the pool tests: ``[action, value]``."""
-    action, value = job
+class PoolTask(NamedTuple):
+    """A task for the worker-process tests: what its worker does, and a label."""
+
+    action: str  # ok | sigkill | exit | done-then-die | hang
+    value: int
+
+    @property
+    def name(self) -> str:
+        return f"task {self.value}"
+
+
+def pool_task(task, progress):
+    """The worker's body in the worker-process tests."""
+    action, value = task
     if action == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "exit":
         os._exit(3)
+    elif action == "hang":
+        time.sleep(3600)  # a file that never finishes: only --timeout ends it
     elif action == "done-then-die":
-        # Answer as the worker loop would, then die before taking another job.
+        # Answer as the worker loop would, then die before taking another task.
         conn = next(c.cell_contents for c in progress.__closure__
                     if hasattr(c.cell_contents, "send"))
         conn.send(("done", progress.__defaults__[0], f"done {value}"))
@@ -225,12 +239,23 @@ def pool_task(job, progress):
     return f"done {value}"
 
 
-def pool_scenario(jobs: list) -> list:
-    from bgrm.pool import run_pool
+def pool_scenario(tasks: list, timeout: float | None = None) -> list:
+    """Run ``pool_task`` over ``tasks`` ([action, value] pairs) on two worker
+    processes; each result as a string."""
+    from bgrm.run import Done
+    from bgrm.run.processes import Processes
 
-    def died(job, pid, exitcode):
+    def died(task, exitcode):
         how = f"signal {-exitcode}" if exitcode < 0 else f"exit {exitcode}"
-        return f"died {job[1]} {how}"
+        return f"died {task.value} {how}"
 
-    return run_pool(jobs, pool_task, 2, on_progress=lambda i, n: None,
-                    on_result=lambda i, r: None, on_death=died)
+    results: list = [None] * len(tasks)
+
+    def emit(event) -> None:
+        if isinstance(event, Done):
+            assert results[event.index] is None, "two results for one task"
+            results[event.index] = event.result
+
+    executor = Processes(2, timeout, fn=pool_task, on_death=died)
+    executor.execute([(i, PoolTask(*t)) for i, t in enumerate(tasks)], emit)
+    return [r if isinstance(r, str) else r.error for r in results]

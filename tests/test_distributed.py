@@ -6,6 +6,7 @@ the CLI runs in a subprocess and connects to it as a user's would.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from bgrm.distributed import PLUGIN_NAME
 from bgrm.models import ASSETS
+from bgrm.run.cluster import PLUGIN_NAME
 
 PHOTOS = ["astronaut.png", "chelsea.png", "rocket.jpg"]
 
@@ -133,8 +134,8 @@ def test_custom_model_path_is_used_as_given(bgrm, fixtures, tmp_path, cluster):
     def session(dask_worker):
         """The session a task on this worker would use for the custom model."""
         from bgrm import segment
-        from bgrm.batch import Runtime
         from bgrm.models import resolve
+        from bgrm.run import Runtime
 
         runtime = dask_worker.plugins[PLUGIN_NAME].runtime(Runtime(resolve(str(custom))))
         found = segment.get_segmenter(runtime.model, runtime.device, runtime.threads)
@@ -200,6 +201,60 @@ def test_bad_or_unreachable_scheduler(bgrm, fixtures, tmp_path):
     assert b"Traceback" not in down.stderr
 
 
+def test_hung_task_times_out_alone_and_its_worker_is_restarted(bgrm, fixtures, tmp_path,
+                                                                cluster):
+    address, client = cluster
+
+    def hang_on(dask_worker):
+        """On each worker: decoding an image named "hang..." never ends."""
+        import time
+
+        import bgrm.image
+
+        real = bgrm.image.decode
+
+        def decode(data, name):
+            if "hang" in str(name):
+                time.sleep(3600)
+            return real(data, name)
+
+        bgrm.image.decode = decode
+        return os.getpid()
+
+    pids = set(client.run(hang_on).values())
+    try:
+        for name in ("a.png", "hang.png", "c.png"):
+            shutil.copy(fixtures / "chelsea.png", tmp_path / name)
+        out = tmp_path / "out"
+        proc = bgrm("image", tmp_path / "a.png", tmp_path / "hang.png", tmp_path / "c.png",
+                    "-o", out, "--model", "u2netp", "--json", "--timeout", "10",
+                    "--scheduler", address)
+        assert proc.returncode == 1, proc.stderr.decode()
+        report = json.loads(proc.stdout)
+        assert [f["filename"] for f in report["failed"]] == ["hang.png"]
+        assert "stopped after --timeout 10 s" in report["failed"][0]["error"]
+        assert sorted(p.name for p in out.iterdir()) == ["a_processed.png", "c_processed.png"]
+        # The worker that hung was replaced by its nanny.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                now = set(client.run(os.getpid).values())
+                if len(now) == 2 and now != pids:
+                    break
+            time.sleep(0.5)
+        assert len(now) == 2 and now != pids
+    finally:
+        def unhook(dask_worker):
+            import importlib
+
+            import bgrm.image
+
+            importlib.reload(bgrm.image)
+
+        client.wait_for_workers(2, timeout=60)
+        client.run(unhook)
+
+
 def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, fixtures):
     """SIGKILL the worker that is writing an output: Dask runs the file again
     elsewhere, the output is whole, and the dead attempt's temporary is gone.
@@ -224,9 +279,9 @@ def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, f
     deadline = time.monotonic() + 120
     while proc.poll() is None and interrupted is None and time.monotonic() < deadline:
         for tmp in out.glob(".big_processed.bgrm-tmp-*.png") if out.is_dir() else ():
-            pid = int(tmp.name.split("bgrm-tmp-")[1].split(".")[0])
-            if pid in pids:  # only ever a worker of this test's cluster
-                os.kill(pid, signal.SIGKILL)
+            pid = tmp.name.split("bgrm-tmp-")[1].split(".")[0]
+            if pid.isdigit() and int(pid) in pids:  # a worker of this test's cluster
+                os.kill(int(pid), signal.SIGKILL)
                 interrupted = tmp
                 break
         time.sleep(0.005)
@@ -242,3 +297,83 @@ def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, f
     assert local.returncode == 0, local.stderr.decode()
     assert _outputs(out) == _outputs(tmp_path / "local")
     assert sorted(p.name for p in out.iterdir()) == ["big_processed.png"]
+
+
+SLOW_HOOK = '''
+"""Test hook: decoding an image named "slow..." takes 8 s, and says when it began
+and ended (marker files named by BGRM_TEST_MARKS)."""
+import os
+import time
+from pathlib import Path
+
+import bgrm.image
+
+_real = bgrm.image.decode
+
+
+def _decode(data, name):
+    if "slow" in str(name):
+        marks = Path(os.environ["BGRM_TEST_MARKS"])
+        (marks / "began").touch()
+        time.sleep(8)
+        (marks / "ended").touch()
+    return _real(data, name)
+
+
+bgrm.image.decode = _decode
+'''
+
+
+def test_files_running_when_the_scheduler_is_lost_are_never_written(tmp_path, fixtures):
+    """The scheduler dies while a worker is on a file: the client reports the file
+    failed, and the worker, finishing later, does not write it after all."""
+    import subprocess
+
+    pytest.importorskip("distributed")
+    site, marks = tmp_path / "site", tmp_path / "marks"
+    site.mkdir()
+    marks.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_HOOK)
+    env = dict(os.environ, BGRM_TEST_MARKS=str(marks), BGRM_MODELS=str(tmp_path / "models"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(site),
+                                                        os.environ.get("PYTHONPATH")])),
+               DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="2s")
+    port = 20000 + os.getpid() % 20000
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler",
+                                  "--port", str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                               "--nthreads", "1", "--no-dashboard"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        shutil.copy(fixtures / "chelsea.png", tmp_path / "slow.png")
+        out = tmp_path / "out"
+        client = subprocess.Popen([sys.executable, "-m", "bgrm", "image", tmp_path / "slow.png",
+                                   "-o", out, "--model", "u2netp", "--json",
+                                   "--scheduler", address],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        while not (marks / "began").exists():
+            assert client.poll() is None, client.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the file never started on the worker"
+            time.sleep(0.05)
+        scheduler.kill()
+        stdout, stderr = client.communicate(timeout=120)
+        assert client.returncode == 1, stderr.decode()
+        [failed] = json.loads(stdout)["failed"]
+        assert failed["filename"] == "slow.png"
+        assert not (marks / "ended").exists()  # reported while the worker was still on it
+        # The worker goes on, finishes the file, and must not write it now.
+        deadline = time.monotonic() + 30
+        while not (marks / "ended").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3)  # the mask, the PNG and the rename it would do
+        assert not (out / "slow_processed.png").exists()
+    finally:
+        for proc in (worker, scheduler):
+            if proc.poll() is None:
+                proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+            if proc.poll() is None:
+                proc.kill()

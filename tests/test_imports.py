@@ -52,8 +52,9 @@ def test_no_heavy_imports(args):
     assert heavy == [], f"bgrm {' '.join(args)} imported {heavy}"
 
 
-def test_importing_the_cli_module_alone_is_light():
-    code = ("import sys, bgrm.cli, bgrm.options, bgrm.errors, bgrm.models; "
+def test_importing_the_cli_and_the_python_api_is_light():
+    code = ("import sys, bgrm, bgrm.cli, bgrm.options, bgrm.errors, bgrm.models, bgrm.api, "
+            "bgrm.run, bgrm.command; "
             "print(sorted({n.split('.')[0] for n in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout

@@ -666,18 +666,22 @@ def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtu
     at once (its working memory would double), and --jobs N says it makes N copies."""
     import os
 
-    from bgrm import batch, segment
+    from bgrm import command, segment
+    from bgrm.command import run_command
     from bgrm.options import ImageOptions, MattingOptions
     from bgrm.report import Result
-    from bgrm.run import run_command
 
     seen = []
 
-    def fake_run(jobs, workers, on_progress, on_result, file_threads=1):
-        seen.append((workers, file_threads))
-        return [Result(j.name, j.dst) for j in jobs]
+    class FakeExecutor:
+        def run(self, tasks, listener=None):
+            return [Result(t.name, t.dst) for t in tasks]
 
-    monkeypatch.setattr(batch, "run", fake_run)
+    def fake_executor_for(count, *, processes, file_threads, timeout, scheduler, say):
+        seen.append((processes, file_threads))
+        return FakeExecutor()
+
+    monkeypatch.setattr(command, "executor_for", fake_executor_for)
     monkeypatch.setattr(segment, "_CACHE", {})
     photos = [str(fixtures / "chelsea.png"), str(fixtures / "coffee.png")]
     big = standin_onnx(tmp_path / "big.onnx", "birefnet")
@@ -688,7 +692,7 @@ def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtu
         return run_command("image", ImageOptions(model=str(model), model_family=family,
                                                  matting=matting),
                            inputs=photos, output_dir=tmp_path / "out", recursive=False,
-                           jobs=jobs, device="cpu", threads=None, skip_existing=False,
+                           processes=jobs, device="cpu", threads=None, skip_existing=False,
                            as_json=False, progress=False, show_traceback=True, scheduler=None)
 
     assert go(big, "birefnet") == 0 and seen[-1] == (1, 1)

@@ -144,16 +144,16 @@ def test_video_matting_has_soft_edges_in_frame_order(matted):
 
 def test_a_video_run_loads_one_session_without_spinning(tmp_path, fixtures, models_home,
                                                          monkeypatch):
-    """run.py decides spinning once per run; the preload and the job must agree,
+    """command.py decides spinning once per run; the preload and the task must agree,
     or the model would be loaded twice."""
     from bgrm import segment
+    from bgrm.command import run_command
     from bgrm.options import VideoOptions
-    from bgrm.run import run_command
 
     clip = write_frames(tmp_path / "c.mp4", pan_frames(fixtures / "astronaut.png", frames=2))
     monkeypatch.setattr(segment, "_CACHE", {})
     status = run_command("video", VideoOptions(model="u2netp"), inputs=[str(clip)],
-                         output_dir=tmp_path / "out", recursive=False, jobs=None,
+                         output_dir=tmp_path / "out", recursive=False, processes=None,
                          device="cpu", threads=None, skip_existing=False, as_json=False,
                          progress=False, show_traceback=True, scheduler=None)
     assert status == 0

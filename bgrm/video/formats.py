@@ -33,7 +33,7 @@ _VP9 = ("-c:v", "libvpx-vp9", "-pix_fmt", "yuva420p", "-crf", "32", "-b:v", "0",
 class Format:
     """One output format.
 
-    compose: cutout (RGBA subject), matte (white on black), color, image or
+    compose: cutout (RGBA subject), mattekey (white on black), color, image or
     video (the subject over that background, opaque).
     """
 
@@ -58,7 +58,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
                        "-alpha_bits", "16", "-vendor", "apl0", *_BT709),
            # ProRes editors expect PCM beside the picture; it also avoids a lossy re-encode.
            audio_args=("-c:a", "pcm_s16le")),
-    Format("mattekey", "mp4", "mp4", "matte", alpha=False,
+    Format("mattekey", "mp4", "mp4", "mattekey", alpha=False,
            filter=_YUV709 + ",format=yuv420p", video_args=_H264, even_size=True),
     Format("gif", "gif", "gif", "cutout", alpha=True,
            filter=_GIF_PALETTE.format(t=1), video_args=("-c:v", "gif")),

@@ -172,7 +172,7 @@ def _composer(opts: VideoOptions, fmt: Format, background) -> tuple[Callable, Ca
     def paint_frame(rgb: np.ndarray, alpha: np.ndarray, fg: np.ndarray) -> np.ndarray:
         if fmt.compose == "cutout":
             return compose.cutout(fg, alpha)
-        if fmt.compose == "matte":
+        if fmt.compose == "mattekey":
             return compose.matte_key(alpha)
         size = (rgb.shape[1], rgb.shape[0])
         return compose.over(fg, alpha, background(size))

@@ -30,9 +30,9 @@ from bgrm.video import segments
 
 def _cluster():
     """The cluster module: its connection, plugin and event helpers."""
-    from bgrm import distributed
+    from bgrm.run import cluster
 
-    return distributed
+    return cluster
 
 
 class _Gone(Exception):
@@ -47,7 +47,7 @@ def parts_folder(dst: Path, run: str) -> Path:
 # -- on the workers ----------------------------------------------------------------------
 
 
-def make_part(job, folder: Path, span: segments.Span, run: str, client_version: str):
+def make_part(task, folder: Path, span: segments.Span, run: str, client_version: str):
     """The task: one segment on a worker -> ``("part", Part)`` or ``("error", message)``."""
     from distributed import get_worker
 
@@ -56,7 +56,7 @@ def make_part(job, folder: Path, span: segments.Span, run: str, client_version: 
     cluster = _cluster()
     worker = get_worker()
     if client_version != __version__:
-        return "error", (f"{job.name}: worker {worker.address} runs bgrm {__version__} and "
+        return "error", (f"{task.name}: worker {worker.address} runs bgrm {__version__} and "
                          f"this client bgrm {client_version}; install the same version "
                          "everywhere")
     sent = [0, time.monotonic()]
@@ -65,15 +65,15 @@ def make_part(job, folder: Path, span: segments.Span, run: str, client_version: 
         sent[0] += n
         if time.monotonic() - sent[1] >= cluster.PROGRESS_EVERY_S:
             if not folder.is_dir():
-                raise _Gone(f"{job.name}: segment {span.index} given up")
+                raise _Gone(f"{task.name}: segment {span.index} given up")
             worker.log_event(cluster.TOPIC, {"run": run, "i": span.index, "n": sent[0]})
             sent[1] = time.monotonic()
 
     try:
-        runtime = cluster._plugin(worker).runtime(job.runtime)
+        runtime = cluster._plugin(worker).runtime(task.runtime)
         segmenter = get_segmenter(runtime.model, runtime.device, runtime.threads,
                                   runtime.spinning)
-        part = segments.make_part(job.src, folder, span, job.options, segmenter, progress)
+        part = segments.make_part(task.src, folder, span, task.options, segmenter, progress)
     except BgrmError as exc:
         # The same on any worker: said once, not retried.
         return "error", " ".join(str(exc).split())
@@ -84,52 +84,46 @@ def make_part(job, folder: Path, span: segments.Span, run: str, client_version: 
 # -- on the client -----------------------------------------------------------------------
 
 
-def plan_or_none(job) -> segments.Plan | None:
-    """The job's plan when it is worth splitting, else None (run whole)."""
-    if job.kind != "video" or (job.runtime.skip_existing and job.dst.exists()):
+def plan_or_none(task) -> segments.Plan | None:
+    """The task's plan when it is worth splitting, else None (run whole)."""
+    if task.job != "video" or (task.runtime.skip_existing and task.dst.exists()):
         return None
     try:
-        plan = segments.plan(job.src, job.options, job.options.segment_seconds)
+        plan = segments.plan(task.src, task.options, task.options.segment_seconds)
     except BgrmError:
         return None  # a broken file: its whole run says what is wrong, as usual
     return plan if plan.split else None
 
 
-def run_on_cluster(address: str, jobs: list, on_progress: Callable[[int, int], None],
-                   on_result: Callable[[int, Result], None]) -> list[Result]:
-    """``distributed.run_on_cluster`` with long videos split: the others run one
-    file per task first, then each long video over the whole cluster."""
-    cluster = _cluster()
-    cluster.require_dask()
-    plans = {i: p for i, job in enumerate(jobs) if (p := plan_or_none(job)) is not None}
-    whole = [i for i in range(len(jobs)) if i not in plans]
-    results: list[Result | None] = [None] * len(jobs)
-    if whole:
-        done = cluster.run_on_cluster(
-            address, [jobs[i] for i in whole],
-            lambda k, n: on_progress(whole[k], n), lambda k, r: on_result(whole[k], r))
-        for k, result in zip(whole, done, strict=True):
-            results[k] = result
-    if plans:
-        client = cluster._connect(address)
-        try:
-            cluster._register(client, address)
-            for index, plan in plans.items():
-                result = run_split(client, jobs[index], plan,
-                                   lambda n, i=index: on_progress(i, n))
-                results[index] = result
-                on_result(index, result)
-        finally:
-            with contextlib.suppress(Exception):
-                client.close()
-    return results  # type: ignore[return-value]
+def run_long_videos(items: list[tuple[int, object]]):
+    """``(the other items, run)``: ``run(client, emit, timeout)`` runs the long
+    videos among ``items``, one after the other, each over the whole cluster, and
+    emits their progress and results as ``Cluster`` does."""
+    from bgrm.run import Done, Progress
+
+    plans = {i: p for i, task in items if (p := plan_or_none(task)) is not None}
+    long = [(i, t) for i, t in items if i in plans]
+
+    def run(client, emit, timeout: float | None) -> None:
+        for index, task in long:
+            result = run_split(client, task, plans[index],
+                               lambda n, i=index: emit(Progress(i, n)), timeout)
+            emit(Done(index, result))
+
+    return [(i, t) for i, t in items if i not in plans], run
 
 
-def run_split(client, job, plan: segments.Plan, progress: Callable[[int], None]) -> Result:
-    """One video as ``plan``'s segments on the cluster, joined into ``job.dst``."""
+def run_split(client, task, plan: segments.Plan, progress: Callable[[int], None],
+              timeout: float | None = None) -> Result:
+    """One video as ``plan``'s segments on the cluster, joined into ``task.dst`` (or
+    its held name, which ``Executor.run`` moves into place); ``timeout``: seconds
+    for the whole video."""
+    from bgrm.outputs import holding
+    from bgrm.run import timed_out
+
     cluster = _cluster()
     run = uuid.uuid4().hex
-    folder = parts_folder(job.dst, run)
+    folder = parts_folder(task.dst, run)
     events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
     reported = dict.fromkeys(range(len(plan.spans)), 0)  # retries never count twice
 
@@ -148,14 +142,19 @@ def run_split(client, job, plan: segments.Plan, progress: Callable[[int], None])
         folder.mkdir(parents=True)
         client.subscribe_topic(cluster.TOPIC, on_event)
         for span in plan.spans:
-            future = client.submit(make_part, job, folder, span, run, __version__,
+            future = client.submit(make_part, task, folder, span, run, __version__,
                                    key=f"bgrm-segment-{run}-{span.index}",
                                    retries=cluster.RETRIES, pure=False)
             future.add_done_callback(lambda f, i=span.index: events.put(("done", i, 0)))
             futures[span.index] = future
         parts, error = [], None
+        until = None if not timeout else time.monotonic() + timeout
         while futures and error is None:
-            what, i, n = events.get()
+            try:
+                what, i, n = events.get(timeout=None if until is None else
+                                        max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                return timed_out(task, timeout)
             if what == "progress":
                 advance(i, n)
                 continue
@@ -167,7 +166,7 @@ def run_split(client, job, plan: segments.Plan, progress: Callable[[int], None])
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 - lost workers, cancellations
-                error = cluster._failure(job, exc).error
+                error = cluster._failure(task, exc).error
                 continue
             if kind == "error":
                 error = value
@@ -175,14 +174,15 @@ def run_split(client, job, plan: segments.Plan, progress: Callable[[int], None])
                 advance(i, value.count)
                 parts.append(value)
         if error is not None:
-            return Result(job.name, error=error)
-        count = segments.join(parts, job.src, job.dst, job.options, job.name)
+            return Result(task.name, error=error)
+        with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
+            count = segments.join(parts, task.src, task.dst, task.options, task.name)
         notes = list(dict.fromkeys(note for p in sorted(parts, key=lambda p: p.index)
                                    for note in p.notes))
-        return Result(job.name, job.dst, notes=notes) if count else \
-            Result(job.name, error=f"{job.name}: no video frames could be decoded")
+        return Result(task.name, task.dst, notes=notes) if count else \
+            Result(task.name, error=f"{task.name}: no video frames could be decoded")
     except BgrmError as exc:
-        return Result(job.name, error=" ".join(str(exc).split()))
+        return Result(task.name, error=" ".join(str(exc).split()))
     finally:
         # Ctrl-C, a failed segment or done: segments still running stop at their
         # next report (their folder is gone), those not started never start.

@@ -1,0 +1,230 @@
+"""The Python API: what scripts call, and what every ``bgrm`` command runs on.
+
+Parameters have the hosted API's names (those of ``--params``), checked by the
+same table (``bgrm.options.PARAMS``) as the command line's flags, so a call
+and a command with the same options give the same bytes.
+
+    >>> import bgrm
+    >>> from PIL import Image
+    >>> cutout = bgrm.remove(Image.open(photo))
+    >>> cutout.mode, cutout.size
+    ('RGBA', (451, 300))
+
+Nothing heavy is imported until a model is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bgrm.errors import ParameterError
+from bgrm.options import ImageOptions, VideoOptions, from_params
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from bgrm.models import ResolvedModel
+    from bgrm.report import Processed
+
+Progress = Callable[[int], None]
+
+
+class Job(Protocol):
+    """What each job (``image``, ``video``) provides, for one input file at a time."""
+
+    name: str  # "image" | "video", as in the commands and the PARAMS table's jobs
+
+    def output_extension(self, opts) -> str:
+        """The extension of the files this job writes with ``opts``."""
+
+    def process_file(self, src: Path, dst: Path, opts, segmenter,
+                     progress: Progress | None = None) -> Processed:
+        """Write ``src`` processed to ``dst`` atomically; return its notes for the
+        user (and ``--crop``'s box).
+
+        ``progress(n)`` hears about units done (the file, or frames); any
+        failure is raised, as a ``BgrmError`` when the user can fix it.
+        """
+
+
+class _ImageJob:
+    name = "image"
+
+    def output_extension(self, opts: ImageOptions) -> str:
+        return opts.format
+
+    def process_file(self, src, dst, opts, segmenter, progress=None) -> Processed:
+        from bgrm import image
+
+        return image.process_file(src, dst, opts, segmenter, progress)
+
+
+class _VideoJob:
+    name = "video"
+
+    def output_extension(self, opts: VideoOptions) -> str:
+        from bgrm.video.formats import FORMATS
+
+        return FORMATS[opts.video_format].ext  # "": a folder (PNG sequence)
+
+    def process_file(self, src, dst, opts, segmenter, progress=None) -> Processed:
+        from bgrm.video import pipeline
+
+        return pipeline.process_file(src, dst, opts, segmenter, progress)
+
+
+JOBS: dict[str, Job] = {"image": _ImageJob(), "video": _VideoJob()}
+
+
+def _options(job: str, params: dict[str, Any]) -> ImageOptions | VideoOptions:
+    return from_params(job, {k: v for k, v in params.items() if v is not None})
+
+
+class Session:
+    """A model loaded once and kept for many calls.
+
+    ``model`` is a registry name (``u2net``, ``isnet-general-use``,
+    ``birefnet-general``... : ``bgrm models list``) or a path to an ``.onnx``
+    file, run the way ``model_family`` says (default ``u2net``); ``None`` means
+    u2net when installed, otherwise the bundled u2netp (with a warning).
+
+    >>> from PIL import Image
+    >>> session = bgrm.Session("u2netp")
+    >>> masks = [session.remove(Image.open(p), only_mask=True) for p in (photo, photo)]
+    >>> [m.mode for m in masks]
+    ['L', 'L']
+    """
+
+    def __init__(self, model: str | ResolvedModel | None = None, *,
+                 model_family: str | None = None, device: str = "auto",
+                 threads: int | None = None, spinning: bool = True):
+        from bgrm.models import ResolvedModel, resolve
+        from bgrm.segment import get_segmenter
+
+        if not isinstance(model, ResolvedModel):
+            model = resolve(model, model_family,
+                            notice=lambda m: warnings.warn(m.removeprefix("bgrm: "),
+                                                           stacklevel=3))
+        self.model = model
+        # One session per process and settings (segment's cache): another
+        # Session with the same settings shares it.
+        self.segmenter = get_segmenter(model, device, threads, spinning)
+
+    def _check_model(self, params: dict[str, Any]) -> None:
+        model = params.pop("model", None)
+        if model is not None and model not in (self.model.spec.name, str(self.model.path)):
+            raise ParameterError(f"model: this session runs {self.model.spec.name}, not "
+                                 f"{model!r}; make a Session for that model")
+        family = params.pop("model_family", None)
+        if family is not None and family != self.model.spec.family:
+            raise ParameterError(f"model_family: this session runs {self.model.spec.name} as "
+                                 f"{self.model.spec.family}, not {family!r}; make a Session "
+                                 "with that model_family")
+
+    def remove(self, image: Image.Image | bytes | np.ndarray, **params: Any):
+        """``image`` without its background: a PIL image, PNG bytes or a numpy
+        array, as it came in. ``params`` are the API's image parameters."""
+        self._check_model(params)
+        return remove_with(self, image, _options("image", params))
+
+    def remove_video(self, src: str | Path, dst: str | Path, **params: Any) -> list[str]:
+        """Write ``src`` without its background to ``dst``; return notes for the user.
+
+        ``params`` are the API's video parameters (``video_format`` ...);
+        ``dst`` should carry the format's extension.
+
+        >>> session = bgrm.Session("u2netp")
+        >>> notes = session.remove_video(clip, tmp / "clip.gif", video_format="gif",
+        ...                              frame_limit=3)
+        >>> (tmp / "clip.gif").read_bytes()[:6]
+        b'GIF89a'
+        """
+        self._check_model(params)
+        opts = _options("video", params)
+        return list(self.write("video", Path(src), Path(dst), opts).notes)
+
+    def write(self, job: str, src: Path, dst: Path, opts, progress: Progress | None = None
+              ) -> Processed:
+        """One input file -> one output file with options already built (the CLI's way in)."""
+        return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
+
+    def cut(self, data: Image.Image | bytes, opts: ImageOptions, name: str = "<image>"):
+        """(picture, decoded) for an image in memory, with options already built:
+        ``decoded`` holds the input's notes and EXIF for ``image.encode``."""
+        from bgrm.image import decode, from_picture, render
+
+        decoded = decode(data, name) if isinstance(data, bytes) else from_picture(data, name)
+        return render(decoded, opts, self.segmenter), decoded
+
+
+def remove_with(session: Session, image, opts: ImageOptions):
+    """``image`` (PIL, bytes or numpy) through ``session`` with ``opts``, as the same kind."""
+    import numpy as np
+    from PIL import Image
+
+    from bgrm.image import encode
+
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        picture, decoded = session.cut(bytes(image), opts)
+        out = io.BytesIO()
+        encode(picture, out, opts.format, decoded.exif)
+        return out.getvalue()
+    if isinstance(image, np.ndarray):
+        picture, _ = session.cut(Image.fromarray(image), opts)
+        return np.asarray(picture)
+    if isinstance(image, Image.Image):
+        return session.cut(image, opts)[0]
+    raise ParameterError(f"image: a PIL image, bytes or a numpy array, not {type(image).__name__}")
+
+
+_SESSIONS: dict[tuple, Session] = {}
+
+
+def _session(opts: ImageOptions | VideoOptions) -> Session:
+    key = (opts.model, opts.model_family)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = Session(opts.model, model_family=opts.model_family)
+    return _SESSIONS[key]
+
+
+def remove(image: Image.Image | bytes | np.ndarray, **params: Any):
+    """``image`` without its background, returned as the kind that came in.
+
+    A PIL image gives a PIL image, bytes (any format Pillow reads) give PNG
+    bytes (or ``format``'s: webp, jpg), a numpy array gives a numpy array
+    (H x W x 4 RGBA; H x W with ``only_mask``). ``params`` are the API's image
+    parameters (``bgrm.options.PARAMS``): ``model``, ``model_family``,
+    ``alpha_matting``, ``alpha_fg``, ``alpha_bg``, ``alpha_erode``,
+    ``alpha_base_size``, ``only_mask``, ``bg_type``, ``bg_color_value``,
+    ``bg_image``, ``format``, and the edge steps (``post_process_mask``,
+    ``mask_grow``, ``vitmatte``, ``mask_feather``, ``decontaminate``, ``crop``
+    ...); values as the API takes them (``"true"``, ``"240"``) or typed. The
+    model stays loaded for the next call; see ``Session`` to choose where it runs.
+
+    >>> png = bgrm.remove(open(photo, "rb").read(), bg_type="color", bg_color_value="#3366cc")
+    >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> bgrm.remove(np.asarray(Image.open(photo)), only_mask=True).shape
+    (300, 451)
+    """
+    opts = _options("image", params)
+    return remove_with(_session(opts), image, opts)
+
+
+def remove_video(src: str | Path, dst: str | Path, **params: Any) -> list[str]:
+    """Write the video ``src`` without its background to ``dst``, with the API's video
+    parameters (``video_format``, ``framerate``, ``frame_limit`` ...); return notes.
+
+    >>> notes = bgrm.remove_video(clip, tmp / "clip.mov", frame_limit=2)
+    >>> (tmp / "clip.mov").stat().st_size > 0
+    True
+    """
+    opts = _options("video", params)
+    return list(_session(opts).write("video", Path(src), Path(dst), opts).notes)

@@ -1,0 +1,104 @@
+"""The Python API (bgrm.api): the kinds in and out, the same bytes as the CLI, the
+same parameter checks as --params, and its docstring examples run as written."""
+
+from __future__ import annotations
+
+import doctest
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from videoclips import make_clip
+
+import bgrm
+from bgrm import api
+from bgrm.errors import ParameterError
+
+
+def test_docstring_examples_run(fixtures, tmp_path, models_home):
+    clip = make_clip(tmp_path / "clip.mp4", fixtures / "astronaut.png", frames=4)
+    found = doctest.testmod(api, extraglobs={"photo": fixtures / "chelsea.png", "clip": clip,
+                                             "tmp": tmp_path, "bgrm": bgrm},
+                            optionflags=doctest.ELLIPSIS, report=True)
+    assert found.attempted >= 10  # every public call has its example
+    assert found.failed == 0
+
+
+def test_same_bytes_as_the_cli(bgrm_cli, fixtures, tmp_path):
+    photo = fixtures / "rocket.jpg"
+    proc = bgrm_cli("image", photo, "-o", tmp_path, "--model", "u2netp", "--bg-type", "color",
+                    "--bg-color-value", "#102030")
+    assert proc.returncode == 0, proc.stderr.decode()
+    made = bgrm.remove(photo.read_bytes(), model="u2netp", bg_type="color",
+                       bg_color_value="#102030")
+    assert made == (tmp_path / "rocket_processed.png").read_bytes()
+
+
+def test_same_bytes_as_the_cli_with_format_crop_and_exif(bgrm_cli, fixtures, tmp_path):
+    """--format and --crop, and a phone photo's EXIF (orientation applied, camera kept),
+    reach bytes from the API as they reach the CLI's file."""
+    photo = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "bgrm-test-camera"  # Orientation, Make
+    Image.open(fixtures / "chelsea.png").convert("RGB").save(photo, quality=95,
+                                                             exif=exif.tobytes())
+    proc = bgrm_cli("image", photo, "-o", tmp_path / "out", "--model", "u2netp",
+                    "--format", "webp", "--crop")
+    assert proc.returncode == 0, proc.stderr.decode()
+    made = bgrm.remove(photo.read_bytes(), model="u2netp", format="webp", crop=True)
+    assert made == (tmp_path / "out" / "phone_processed.webp").read_bytes()
+    with Image.open(io.BytesIO(made)) as im:
+        assert im.format == "WEBP" and im.mode == "RGBA" and im.height > im.width  # upright
+        assert im.getexif().get(0x010F) == "bgrm-test-camera" and 0x0112 not in im.getexif()
+
+
+@pytest.fixture
+def bgrm_cli(bgrm):
+    return bgrm
+
+
+def test_each_kind_comes_back_as_it_went_in(fixtures, models_home):
+    photo = fixtures / "chelsea.png"
+    as_png = bgrm.remove(photo.read_bytes(), model="u2netp")
+    with Image.open(io.BytesIO(as_png)) as im:
+        from_bytes = np.asarray(im.convert("RGBA"))
+    from_pil = bgrm.remove(Image.open(photo), model="u2netp")
+    from_array = bgrm.remove(np.asarray(Image.open(photo).convert("RGB")), model="u2netp")
+    assert isinstance(from_pil, Image.Image) and from_pil.mode == "RGBA"
+    assert isinstance(from_array, np.ndarray) and from_array.shape == (300, 451, 4)
+    assert np.array_equal(np.asarray(from_pil), from_bytes)
+    assert np.array_equal(from_array, from_bytes)
+    # A real cut-out: the cat is kept, the corners are gone.
+    alpha = from_array[..., 3]
+    assert alpha[150, 200] > 200 and alpha[:10, :10].max() < 30
+
+
+def test_api_strings_and_typed_values_alike(fixtures, models_home):
+    photo = Image.open(fixtures / "chelsea.png")
+    typed = bgrm.remove(photo, model="u2netp", alpha_matting=True, alpha_erode=5)
+    strings = bgrm.remove(photo, model="u2netp", alpha_matting="true", alpha_erode="5")
+    assert np.array_equal(np.asarray(typed), np.asarray(strings))
+
+
+@pytest.mark.parametrize("params, says", [
+    ({"alpha_fg": 999}, "alpha_fg (--alpha-fg): 999 is out of range"),
+    ({"bg_type": "plaid"}, "bg_type (--bg-type): 'plaid' is not one of"),
+    ({"video_format": "gif"}, "unknown parameter 'video_format' for image"),
+    ({"only_mask": True, "bg_type": "color"}, "cannot be combined"),
+])
+def test_parameters_are_checked_like_params_files(params, says):
+    with pytest.raises(ParameterError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        bgrm.remove(Image.new("RGB", (8, 8)), **params)
+
+
+def test_a_session_keeps_its_model(fixtures, models_home):
+    session = bgrm.Session("u2netp", device="cpu", threads=1)
+    first = session.segmenter
+    session.remove(Image.open(fixtures / "chelsea.png"), only_mask=True)
+    session.remove(Image.open(fixtures / "coffee.png"), only_mask=True)
+    assert session.segmenter is first
+    with pytest.raises(ParameterError, match="this session runs u2netp"):
+        session.remove(Image.new("RGB", (8, 8)), model="u2net")
+    with pytest.raises(ParameterError, match="a PIL image, bytes or a numpy array"):
+        session.remove("photo.jpg")
