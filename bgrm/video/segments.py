@@ -18,9 +18,11 @@ three things here, none of which knows where it runs:
   too: ffmpeg starts its input, the encoder's frames, at the first.)
 - ``join``: the parts, in order, into ``dst`` (atomically): ffmpeg's concat
   demuxer copies the encoded frames (ProRes, H.264, VP9: every part is
-  encoded with the same settings and starts with a keyframe) and places each part at its first frame's time, so the joined
-  timestamps are the whole run's to the tick; a PNG sequence's frames are
-  renamed into one folder, numbered on. The audio is added once, to the whole.
+  encoded with the same settings and starts with a keyframe) and places each
+  part at its first frame's time, so the joined timestamps are the whole
+  run's to the tick; a PNG sequence's frames are renamed into one folder,
+  numbered on. The audio is added once, to the whole, in the same pass.
+  GIF is not split (``why_whole``): its parts cannot be joined by copying.
 """
 
 from __future__ import annotations
