@@ -168,6 +168,12 @@ def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster):
     _compare(tmp_path / "local" / "clip_processed.mov",
              tmp_path / "remote" / "clip_processed.mov", boundaries=2)
     _no_leftovers(tmp_path / "remote", "clip_processed.mov")
+    # A GIF is not split (its parts could not be joined by copying), and says so.
+    gif = bgrm("video", clip, "-o", tmp_path / "gif", *common, "--video-format", "gif",
+               "--frame-limit", "12", "--scheduler", address)
+    assert gif.returncode == 0, gif.stderr.decode()
+    assert b"not split into segments, runs whole on one worker: a GIF" in gif.stderr
+    assert probe(tmp_path / "gif" / "clip_processed.gif").count == 12
 
 
 def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_path, cluster):

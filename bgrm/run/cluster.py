@@ -268,7 +268,7 @@ class Cluster(Executor):
             # Long videos are split into segments over the whole cluster (issue 16).
             from bgrm.video.segments_dask import run_long_videos
 
-            items, long = run_long_videos(items)
+            items, long = run_long_videos(items, self.say)
             if items:
                 _Run(self, dict(items), emit).loop()
             long(self._client, emit, self.timeout)

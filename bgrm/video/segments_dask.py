@@ -84,24 +84,28 @@ def make_part(task, folder: Path, span: segments.Span, run: str, client_version:
 # -- on the client -----------------------------------------------------------------------
 
 
-def plan_or_none(task) -> segments.Plan | None:
-    """The task's plan when it is worth splitting, else None (run whole)."""
+def plan_or_none(task, say: Callable[[str], None] = lambda m: None) -> segments.Plan | None:
+    """The task's plan when it is worth splitting, else None (run whole); ``say``
+    hears why a long video is not split."""
     if task.job != "video" or (task.runtime.skip_existing and task.dst.exists()):
         return None
     try:
         plan = segments.plan(task.src, task.options, task.options.segment_seconds)
     except BgrmError:
         return None  # a broken file: its whole run says what is wrong, as usual
+    why = segments.why_whole(task.options)
+    if why and plan.duration and plan.duration > task.options.segment_seconds:
+        say(f"{task.name}: not split into segments, runs whole on one worker: {why}")
     return plan if plan.split else None
 
 
-def run_long_videos(items: list[tuple[int, object]]):
+def run_long_videos(items: list[tuple[int, object]], say: Callable[[str], None]):
     """``(the other items, run)``: ``run(client, emit, timeout)`` runs the long
     videos among ``items``, one after the other, each over the whole cluster, and
     emits their progress and results as ``Cluster`` does."""
     from bgrm.run import Done, Progress
 
-    plans = {i: p for i, task in items if (p := plan_or_none(task)) is not None}
+    plans = {i: p for i, task in items if (p := plan_or_none(task, say)) is not None}
     long = [(i, t) for i, t in items if i in plans]
 
     def run(client, emit, timeout: float | None) -> None:
