@@ -180,6 +180,10 @@ PARAMS: tuple[Param, ...] = (
           jobs=("video",)),
     Param("temporal_smoothing", "float", 0.8, "Steadiness of video masks, 0 turns it off.",
           jobs=("video",)),
+    # Not in the hosted API: how a long video is spread over a cluster (bgrm.video.segments).
+    Param("segment_seconds", "int", 30, "With --scheduler: a video longer than this is split "
+          "into segments of at most S seconds, each on its own worker, joined frame-exact.",
+          lo=1, hi=86_400, jobs=("video",)),
     # Edge and cut controls (bgrm.edges). Each help names its place in the one
     # order: model > post-process > grow/shrink > matting or ViTMatte > feather
     # > decontaminate > compose > crop.
@@ -298,6 +302,7 @@ class VideoOptions:
     bg_image: Path | None = None
     bg_video: Path | None = None
     temporal_smoothing: float = 0.8
+    segment_seconds: int = 30  # with --scheduler only: the length of a video's segments
 
     def __post_init__(self) -> None:
         fmt = self.video_format

@@ -265,7 +265,13 @@ class Cluster(Executor):
             if not self._client.nthreads():
                 self.say(f"no workers at {self.address} yet; waiting for some to join "
                          f"(dask worker {self.address})")
-            _Run(self, dict(items), emit).loop()
+            # Long videos are split into segments over the whole cluster (issue 16).
+            from bgrm.video.segments_dask import run_long_videos
+
+            items, long = run_long_videos(items, self.say)
+            if items:
+                _Run(self, dict(items), emit).loop()
+            long(self._client, emit, self.timeout)
         finally:
             with contextlib.suppress(Exception):
                 self._client.close()

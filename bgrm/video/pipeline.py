@@ -247,9 +247,14 @@ def _shortfall(name: str, reader: VideoReader, end: float, limit: int | None) ->
 
 
 def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
-                 progress: Callable[[int], None] | None = None) -> Processed:
+                 progress: Callable[[int], None] | None = None, cut=None) -> Processed:
     """Write ``src`` with its background removed to ``dst`` (atomically); return notes
-    (and with --crop the clip's one box)."""
+    (and with --crop the clip's one box).
+
+    ``cut`` (a ``bgrm.video.segments.Cut``): only a time range of ``src``, as
+    one part of a longer video: its reader seeks, the frames before the range
+    only warm the smoothing, the part starts at time 0 and has no audio.
+    """
     fmt = FORMATS[opts.video_format]
     name = str(src)
     notes: list[str] = []
@@ -263,7 +268,8 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
     matting = ThreadPoolExecutor(matting_threads(), thread_name_prefix="bgrm-matte") \
         if opts.matting.enabled else None
     spool = _Spool(dst.parent) if opts.edges.crop else None
-    reader = VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
+    reader = cut.reader(src, name, opts) if cut is not None else \
+        VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
     writer: VideoWriter | None = None
     shape: list[tuple[int, int]] = []
     box: tuple[int, int, int, int] | None = None
@@ -284,6 +290,8 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
     def finish(work: _Work) -> tuple[object, float]:
         frame = work.frame
         small = mask_filter(work.small, frame)
+        if cut is not None and cut.warming(frame):
+            return None  # before the range: it only carried the smoothing this far
         h, w = frame.rgb.shape[:2]
         mask = upscale(small, (w, h))
         if matting is not None:
@@ -306,14 +314,17 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
         if writer is None:
             h, w = pixels.shape[:2]
             writer = VideoWriter(picture, fmt, (w, h), out_rate or reader.info.rate, name,
-                                 target=dst, sar=reader.info.sar)
+                                 target=dst, sar=reader.info.sar,
+                                 origin=pts if cut is not None else 0.0)
             if writer.padded:
                 notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
                              f"encode; the last column/row is repeated: {writer.size[0]}x"
                              f"{writer.size[1]}")
         writer.write(pixels, pts)
 
-    def encode(item: tuple[object, float]) -> None:
+    def encode(item: tuple[object, float] | None) -> None:
+        if item is None:
+            return  # a warm-up frame
         pixels, pts = item
         if isinstance(pixels, Future):
             pixels = pixels.result()
@@ -360,13 +371,19 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
             try:
                 run_stages(reader, [prepare, infer, finish], encode)
                 if not shape:
+                    if cut is not None:
+                        raise cut.empty()  # a range with no frame in it: no part
                     raise InputError(f"{name}: no video frames could be decoded")
                 if spool is not None:
                     crop_pass()
                 writer.finish()
-                notes += _shortfall(name, reader, writer.end, opts.frame_limit)
+                if cut is None:
+                    notes += _shortfall(name, reader, writer.end, opts.frame_limit)
+                else:
+                    cut.wrote(writer)
                 # The input's header (has it audio?) was read with the first frame.
-                out.complete(src, reader.info.has_audio, writer.end)
+                # A part's audio is added once, to the joined whole.
+                out.complete(src, reader.info.has_audio and cut is None, writer.end)
             except BaseException:
                 if writer is not None:
                     writer.abort()

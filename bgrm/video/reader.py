@@ -106,10 +106,15 @@ class VideoReader:
     fps: pick frames by timestamp at this rate (ffmpeg's fps filter), so a
     lower rate means fewer frames to segment. limit: at most this many frames.
     cover: (w, h) to scale and centre-crop every frame to (backgrounds).
+    seek: start decoding at the keyframe at or before this many seconds
+    (bgrm.video.segments); frames keep the timestamps a decode from the
+    start gives them (-copyts -start_at_zero), and those before ``seek``
+    still come, so the caller picks its frames by timestamp.
     """
 
     def __init__(self, path: Path, name: str, *, fps: float | None = None,
-                 limit: int | None = None, cover: tuple[int, int] | None = None):
+                 limit: int | None = None, cover: tuple[int, int] | None = None,
+                 seek: float | None = None):
         self.path, self.name, self.limit = Path(path), name, limit
         self.info = Info()
         filters = []
@@ -120,7 +125,11 @@ class VideoReader:
             filters += [f"scale={w}:{h}:force_original_aspect_ratio=increase:flags=lanczos",
                         f"crop={w}:{h}", "setsar=1"]
         filters.append("showinfo=checksum=0")
-        cmd = [*ffmpeg("level+info"), "-i", str(self.path), "-map", "0:V:0", "-an", "-sn", "-dn",
+        # -noaccurate_seek: the frames between the keyframe and ``seek`` come
+        # too (a segment warms its smoothing on them, and checks it started early enough).
+        where = ["-noaccurate_seek", "-ss", f"{seek:.6f}", "-copyts", "-start_at_zero"] \
+            if seek else []
+        cmd = [*ffmpeg("level+info"), *where, "-i", str(self.path), "-map", "0:V:0", "-an", "-sn", "-dn",
                "-fps_mode", "passthrough", "-vf", ",".join(filters)]
         if limit is not None:
             cmd += ["-frames:v", str(limit)]

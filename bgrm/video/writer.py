@@ -68,6 +68,11 @@ def mkv_header(width: int, height: int, fourcc: bytes, rate: Fraction | None) ->
     return ebml + segment + info + tracks
 
 
+def to_ticks(seconds: float) -> int:
+    """``seconds`` in the writer's ticks, as it places a frame."""
+    return round(max(seconds, 0.0) * _TICKS_PER_S)
+
+
 def mkv_frame(ticks: int, size: int) -> bytes:
     """The head of one Cluster holding one keyframe SimpleBlock at ``ticks``; the
     frame's ``size`` pixel bytes follow it as they are. (Joining them into one
@@ -88,7 +93,8 @@ class VideoWriter:
     """
 
     def __init__(self, path: Path, fmt: Format, size: tuple[int, int], rate: Fraction | None,
-                 name: str, target: Path | None = None, sar: Fraction = Fraction(1)):
+                 name: str, target: Path | None = None, sar: Fraction = Fraction(1),
+                 origin: float = 0.0):
         self.fmt, self.name, self.path = fmt, name, path
         self.target = target or path  # the name to show: path may be a temporary
         w, h = size
@@ -97,6 +103,10 @@ class VideoWriter:
         self.size = (w + self.pad[1], h + self.pad[0])
         self.count = 0
         self.rate = rate
+        # A part of a longer video (bgrm.video.segments) starts at 0: its
+        # frames are placed ``origin`` seconds earlier, in whole ticks, so
+        # the joined file's timestamps are a whole run's to the tick.
+        self.origin = to_ticks(origin)
         self._last_ticks = -1
         self._last_step = 1 / float(rate) if rate else None
         self.end = 0.0  # seconds: where the last frame stops showing
@@ -135,7 +145,7 @@ class VideoWriter:
             pixels = np.pad(pixels, ((0, self.pad[0]), (0, self.pad[1]), (0, 0)), mode="edge")
         # Strictly increasing, or the muxer refuses the frame: two source frames
         # closer than a tick (broken timestamps) are kept one tick apart.
-        ticks = max(round(max(pts, 0.0) * _TICKS_PER_S), self._last_ticks + 1)
+        ticks = max(to_ticks(pts) - self.origin, self._last_ticks + 1)
         if self.rate is None and self._last_ticks >= 0:
             self._last_step = (ticks - self._last_ticks) / _TICKS_PER_S
         self._last_ticks = ticks

@@ -1,0 +1,197 @@
+"""``bgrm video long.mp4 --scheduler``: one long video's segments as Dask tasks.
+
+The thin glue between ``bgrm.video.segments`` (plan, parts, join) and the
+cluster code (connection, the workers' model cache, progress events). Each
+segment is one task; its part is written atomically into a hidden folder
+beside the output, which the client removes at the end whatever happened.
+A worker lost mid-segment leaves at most a temporary file in that folder, and
+Dask runs the segment again elsewhere. A segment still running when its video
+is given up (a failure elsewhere, Ctrl-C) finds the folder gone at its next
+progress report and stops. The client joins the parts and writes the output
+atomically: it is there whole, or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from bgrm import __version__
+from bgrm.errors import BgrmError
+from bgrm.outputs import TMP_MARK
+from bgrm.report import Result
+from bgrm.video import segments
+
+
+def _cluster():
+    """The cluster module: its connection, plugin and event helpers."""
+    from bgrm.run import cluster
+
+    return cluster
+
+
+class _Gone(Exception):
+    """The segment's video was given up: its parts folder is gone."""
+
+
+def parts_folder(dst: Path, run: str) -> Path:
+    # Hidden and marked as bgrm's temporary: a folder input never picks it up.
+    return dst.with_name(f".{dst.name}{TMP_MARK}parts-{run}")
+
+
+# -- on the workers ----------------------------------------------------------------------
+
+
+def make_part(task, folder: Path, span: segments.Span, run: str, client_version: str):
+    """The task: one segment on a worker -> ``("part", Part)`` or ``("error", message)``."""
+    from distributed import get_worker
+
+    from bgrm.segment import get_segmenter
+
+    cluster = _cluster()
+    worker = get_worker()
+    if client_version != __version__:
+        return "error", (f"{task.name}: worker {worker.address} runs bgrm {__version__} and "
+                         f"this client bgrm {client_version}; install the same version "
+                         "everywhere")
+    sent = [0, time.monotonic()]
+
+    def progress(n: int) -> None:
+        sent[0] += n
+        if time.monotonic() - sent[1] >= cluster.PROGRESS_EVERY_S:
+            if not folder.is_dir():
+                raise _Gone(f"{task.name}: segment {span.index} given up")
+            worker.log_event(cluster.TOPIC, {"run": run, "i": span.index, "n": sent[0]})
+            sent[1] = time.monotonic()
+
+    try:
+        runtime = cluster._plugin(worker).runtime(task.runtime)
+        segmenter = get_segmenter(runtime.model, runtime.device, runtime.threads,
+                                  runtime.spinning)
+        part = segments.make_part(task.src, folder, span, task.options, segmenter, progress)
+    except BgrmError as exc:
+        # The same on any worker: said once, not retried.
+        return "error", " ".join(str(exc).split())
+    worker.log_event(cluster.TOPIC, {"run": run, "i": span.index, "n": sent[0]})
+    return "part", part
+
+
+# -- on the client -----------------------------------------------------------------------
+
+
+def plan_or_none(task, say: Callable[[str], None] = lambda m: None) -> segments.Plan | None:
+    """The task's plan when it is worth splitting, else None (run whole); ``say``
+    hears why a long video is not split."""
+    if task.job != "video" or (task.runtime.skip_existing and task.dst.exists()):
+        return None
+    try:
+        plan = segments.plan(task.src, task.options, task.options.segment_seconds)
+    except BgrmError:
+        return None  # a broken file: its whole run says what is wrong, as usual
+    why = segments.why_whole(task.options)
+    if why and plan.duration and plan.duration > task.options.segment_seconds:
+        say(f"{task.name}: not split into segments, runs whole on one worker: {why}")
+    return plan if plan.split else None
+
+
+def run_long_videos(items: list[tuple[int, object]], say: Callable[[str], None]):
+    """``(the other items, run)``: ``run(client, emit, timeout)`` runs the long
+    videos among ``items``, one after the other, each over the whole cluster, and
+    emits their progress and results as ``Cluster`` does."""
+    from bgrm.run import Done, Progress
+
+    plans = {i: p for i, task in items if (p := plan_or_none(task, say)) is not None}
+    long = [(i, t) for i, t in items if i in plans]
+
+    def run(client, emit, timeout: float | None) -> None:
+        for index, task in long:
+            result = run_split(client, task, plans[index],
+                               lambda n, i=index: emit(Progress(i, n)), timeout)
+            emit(Done(index, result))
+
+    return [(i, t) for i, t in items if i not in plans], run
+
+
+def run_split(client, task, plan: segments.Plan, progress: Callable[[int], None],
+              timeout: float | None = None) -> Result:
+    """One video as ``plan``'s segments on the cluster, joined into ``task.dst`` (or
+    its held name, which ``Executor.run`` moves into place); ``timeout``: seconds
+    for the whole video."""
+    from bgrm.outputs import holding
+    from bgrm.run import timed_out
+
+    cluster = _cluster()
+    run = uuid.uuid4().hex
+    folder = parts_folder(task.dst, run)
+    events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
+    reported = dict.fromkeys(range(len(plan.spans)), 0)  # retries never count twice
+
+    def on_event(event) -> None:
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("run") == run:
+            events.put(("progress", msg["i"], msg["n"]))
+
+    def advance(i: int, n: int) -> None:
+        if n > reported[i]:
+            progress(n - reported[i])
+            reported[i] = n
+
+    futures: dict[int, object] = {}
+    try:
+        folder.mkdir(parents=True)
+        client.subscribe_topic(cluster.TOPIC, on_event)
+        for span in plan.spans:
+            future = client.submit(make_part, task, folder, span, run, __version__,
+                                   key=f"bgrm-segment-{run}-{span.index}",
+                                   retries=cluster.RETRIES, pure=False)
+            future.add_done_callback(lambda f, i=span.index: events.put(("done", i, 0)))
+            futures[span.index] = future
+        parts, error = [], None
+        until = None if not timeout else time.monotonic() + timeout
+        while futures and error is None:
+            try:
+                what, i, n = events.get(timeout=None if until is None else
+                                        max(0.0, until - time.monotonic()))
+            except queue.Empty:
+                return timed_out(task, timeout)
+            if what == "progress":
+                advance(i, n)
+                continue
+            future = futures.pop(i, None)
+            if future is None:
+                continue
+            try:
+                kind, value = future.result()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - lost workers, cancellations
+                error = cluster._failure(task, exc).error
+                continue
+            if kind == "error":
+                error = value
+            else:
+                advance(i, value.count)
+                parts.append(value)
+        if error is not None:
+            return Result(task.name, error=error)
+        with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
+            count = segments.join(parts, task.src, task.dst, task.options, task.name)
+        notes = list(dict.fromkeys(note for p in sorted(parts, key=lambda p: p.index)
+                                   for note in p.notes))
+        return Result(task.name, task.dst, notes=notes) if count else \
+            Result(task.name, error=f"{task.name}: no video frames could be decoded")
+    except BgrmError as exc:
+        return Result(task.name, error=" ".join(str(exc).split()))
+    finally:
+        # Ctrl-C, a failed segment or done: segments still running stop at their
+        # next report (their folder is gone), those not started never start.
+        with contextlib.suppress(Exception):
+            client.cancel(list(futures.values()))
+        with contextlib.suppress(Exception):
+            client.unsubscribe_topic(cluster.TOPIC)
+        shutil.rmtree(folder, ignore_errors=True)
