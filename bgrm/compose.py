@@ -16,20 +16,33 @@ def cutout(fg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     Fully transparent pixels are zeroed: the removed background must not be
     recoverable from the file, and zeros compress better.
     """
-    rgba = np.empty(alpha.shape + (4,), dtype=np.uint8)
-    # A multiply by 0/1, not rgba[alpha == 0] = 0: boolean indexing of a 12 MP
-    # frame costs 0.2-0.4 s, this 0.1 s, for the same pixels.
-    np.multiply(fg, (alpha != 0)[..., None], out=rgba[..., :3], casting="unsafe")
-    rgba[..., 3] = alpha
+    # Pillow interleaves the four channels in one C pass (and without the GIL);
+    # numpy's strided writes into rgba[..., :3] and rgba[..., 3] cost 3x more.
+    picture = Image.fromarray(fg)
+    picture.putalpha(Image.fromarray(alpha))
+    rgba = np.array(picture)
+    # The zeroing as one multiply of whole 32-bit pixels by 0/1, not
+    # rgba[alpha == 0] = 0: boolean indexing of a 12 MP frame costs 0.2-0.4 s.
+    pixels = rgba.view(np.uint32).reshape(alpha.shape)
+    np.multiply(pixels, alpha != 0, out=pixels, casting="unsafe")
     return rgba
 
 
 def over(fg: np.ndarray, alpha: np.ndarray, bg) -> np.ndarray:
-    """Blend ``fg`` over ``bg`` (an (r, g, b) colour or an HxWx3 array) -> opaque RGB."""
-    a = alpha.astype(np.uint16)[..., None]
-    back = np.asarray(bg, dtype=np.uint16)
-    out = (fg.astype(np.uint16) * a + back * (255 - a) + 127) // 255
-    return out.astype(np.uint8)
+    """Blend ``fg`` over ``bg`` (an (r, g, b) colour or an HxWx3 array) -> opaque RGB.
+
+    Each channel is round((fg * a + bg * (255 - a)) / 255): Pillow's paste
+    with a mask computes exactly that (its divide-by-255 is exact for these
+    sums), in one C pass without the GIL, where numpy needed a dozen passes
+    over uint16 temporaries. The result may be read-only.
+    """
+    back = np.asarray(bg)
+    if back.ndim == 1:
+        picture = Image.new("RGB", (fg.shape[1], fg.shape[0]), tuple(int(v) for v in back))
+    else:
+        picture = Image.fromarray(back.astype(np.uint8, copy=False))
+    picture.paste(Image.fromarray(fg), None, Image.fromarray(alpha))
+    return np.asarray(picture)
 
 
 def matte_key(alpha: np.ndarray) -> np.ndarray:
