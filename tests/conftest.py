@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
+
+# A suite started with Ctrl-C ignored (nohup, `&` in a script) would hand that on
+# to every bgrm it starts, and the Ctrl-C tests would see runs that cannot be
+# interrupted. A handler (unlike SIG_IGN) is reset to the default on exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
