@@ -27,6 +27,9 @@ DECONTAMINATE_SIZE = 1024
 # Known pixels kept around the soft band's box (at the estimate's size), so the
 # foreground and background colours have something to spread from.
 _DECONTAMINATE_MARGIN = 16
+# Alpha from which a pixel's colour is taken as the subject's own (95%) when
+# decontaminate bounds the hue: a feathered mask may have no pixel at 255.
+_SUBJECT = 242
 # What counts as subject for --crop: alpha above 8/255 (3%). Lower would keep
 # the faint haze a network leaves far from the subject; higher would cut the
 # tips of hair.
@@ -156,6 +159,17 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     correction, the small F-B brought up bilinearly. The old background is
     what is smooth at that scale; the fur's own detail comes from I and is
     kept. Opaque and transparent pixels are returned unchanged.
+
+    Where the alpha is below the true coverage (fur tips that are mostly
+    subject), that correction removes more background than the pixel holds
+    and the colour swings past the subject's to the background's complement
+    (green turns magenta); F itself is off there too, being solved with the
+    same alpha. So the hue is bounded by a colour that does not depend on the
+    soft alpha: the subject's own, spread from its (nearly) opaque pixels by
+    the same estimate with alpha 1 there and 0 elsewhere. The correction may
+    move a pixel's chroma towards that reference's, never past it
+    (``_bound_hue``); its brightness is the unmixing's, so a lighter or
+    darker strand keeps it.
     """
     from bgrm.matte import _FOREGROUND_LOCK, _pymatting, _resize
 
@@ -176,11 +190,16 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     small_rgb = _resize(sub_rgb, small, Image.Resampling.BOX if scale < 1
                         else Image.Resampling.BILINEAR)
     small_alpha = _resize(sub_alpha, small)
+    opaque = small_alpha >= _SUBJECT
     _, estimate_foreground_ml = _pymatting()
     with _FOREGROUND_LOCK:
         f, b = estimate_foreground_ml(small_rgb / 255.0, small_alpha / 255.0,
                                       return_background=True)
+        # No (nearly) opaque pixel in the box: no subject colour to bound by but F's own.
+        ref = (estimate_foreground_ml(small_rgb / 255.0, opaque.astype(np.float64))
+               if opaque.any() else f)
     delta = ((f - b) * 255).astype(np.float32)
+    delta = _bound_hue(delta, small_rgb, small_alpha, ref * 255)
     # Bilinear upscaling, separable: across first (small rows x box width),
     # then each strip of full-size rows, so no full-size float image is held.
     # In-place arithmetic: this loop is most of the step's time at 12 MP.
@@ -207,6 +226,29 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     for r0 in range(0, bh, _STRIP):
         strip(r0)
     return fg
+
+
+def _chroma(colour: np.ndarray) -> np.ndarray:
+    """A colour less its grey (the mean of its channels): its hue and saturation."""
+    return colour - colour.mean(axis=2, keepdims=True)
+
+
+def _bound_hue(delta: np.ndarray, rgb: np.ndarray, alpha: np.ndarray,
+               reference: np.ndarray) -> np.ndarray:
+    """F-B (x255) with its chroma scaled down per channel wherever adding
+    (1-a)(F-B) would move the pixel's chroma past the reference's.
+
+    At the estimate's scale; the same factors then apply to every full-size
+    pixel the upscaling brings them to, whatever its own alpha. The grey part
+    of F-B (brightness) is kept whole.
+    """
+    grey = delta.mean(axis=2, keepdims=True)
+    chroma = delta - grey
+    move = chroma * (1 - alpha[..., None] / 255.0)
+    room = _chroma(reference) - _chroma(rgb.astype(np.float64))
+    bounded = np.clip(move, np.minimum(room, 0), np.maximum(room, 0))
+    factor = np.divide(bounded, move, out=np.ones_like(move), where=np.abs(move) > 1e-3)
+    return (grey + chroma * factor).astype(np.float32)
 
 
 # Full-size rows upscaled at a time in ``decontaminate``: ~12 MB of floats at 4000 px wide.

@@ -6,7 +6,11 @@ docs/before-after.jpg: each fixture photo above its cut-out (on a checkerboard,
 where the cut-out is transparent). docs/video-frame.jpg: one frame of a clip
 made from the astronaut photo, as the input, and from each family of video
 output: cut-out (mov), mattekey and a composite (video_over_image). Both are
-JPEG at a size that keeps each file well under 150 KB.
+JPEG at a size that keeps each file well under 150 KB. docs/edges.png: fur
+edges over dark grey at 2x (PNG, so the fringe's colours are not JPEG's): the
+cat composited over vivid green with the tests' known soft alpha (top) and
+chelsea.png itself (bottom), cut out plain, with --decontaminate, with
+--mask-feather 3, and with both.
 """
 
 from __future__ import annotations
@@ -126,12 +130,52 @@ def video_frame(work: Path) -> None:
     save(grid([[scaled(p) for p in pictures]]), DOCS / "video-frame.jpg")
 
 
+def edges(work: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_edges import known_alpha, over_green
+
+    cat = np.asarray(Image.open(FIXTURES / "chelsea.png").convert("RGB"))
+    composite = work / "cat_on_green.png"
+    Image.fromarray(over_green(cat, known_alpha(*cat.shape[:2]))).save(composite)
+    variants = [("plain", []), ("--decontaminate", ["--decontaminate"]),
+                ("--mask-feather 3", ["--mask-feather", "3"]),
+                ("--mask-feather 3 --decontaminate", ["--mask-feather", "3", "--decontaminate"])]
+    rows = []
+    # A stretch of fur edge in each: the composite's strands, the photo's ear.
+    for src, box in ((composite, (250, 40, 370, 130)), (FIXTURES / "chelsea.png",
+                                                         (330, 60, 450, 150))):
+        tiles = []
+        for i, (name, extra) in enumerate(variants):
+            out = work / "edges" / f"{src.stem}{i}"
+            bgrm("image", src, "-o", out, *extra)
+            cut = Image.open(out / f"{src.stem}_processed.png")
+            grey = Image.new("RGBA", cut.size, (40, 40, 40, 255))
+            grey.alpha_composite(cut)
+            tile = grey.convert("RGB").crop(box)
+            tiles.append((name, tile.resize((tile.width * 2, tile.height * 2),
+                                            Image.Resampling.NEAREST)))
+        rows.append(tiles)
+    tw, th = rows[0][0][1].size
+    sheet = Image.new("RGB", (tw * 4 + 30, (th + 18) * 2 + 10), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, tiles in enumerate(rows):
+        for c, (name, tile) in enumerate(tiles):
+            x, y = 6 + c * (tw + 6), 4 + r * (th + 22)
+            draw.text((x, y), name, fill=(0, 0, 0))
+            sheet.paste(tile, (x, y + 14))
+    path = DOCS / "edges.png"
+    sheet.save(path, optimize=True)
+    print(f"{path.relative_to(ROOT)}: {sheet.width}x{sheet.height}, "
+          f"{path.stat().st_size // 1000} KB")
+
+
 def main() -> None:
     DOCS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bgrm-pictures-") as tmp:
         work = Path(tmp)
         photos(work)
         video_frame(work)
+        edges(work)
 
 
 if __name__ == "__main__":

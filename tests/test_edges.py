@@ -59,9 +59,20 @@ def over_green(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (a * rgb + (1 - a) * GREEN + 0.5).astype(np.uint8)
 
 
-def green_excess(rgb: np.ndarray, where: np.ndarray) -> float:
+def excess(rgb: np.ndarray) -> np.ndarray:
+    """G - (R+B)/2 per pixel: green above 0, magenta below."""
     x = rgb.astype(np.float32)
-    return float((x[..., 1] - (x[..., 0] + x[..., 2]) / 2)[where].mean())
+    return x[..., 1] - (x[..., 0] + x[..., 2]) / 2
+
+
+def green_excess(rgb: np.ndarray, where: np.ndarray) -> float:
+    return float(excess(rgb)[where].mean())
+
+
+def past_the_cat(rgb: np.ndarray, cat: np.ndarray) -> np.ndarray:
+    """How far each pixel is more magenta than the cat's true colour there: an
+    unmixing that removes more green than the pixel held overshoots to magenta."""
+    return np.maximum(0, excess(cat) - excess(rgb))
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +104,8 @@ def test_decontaminate_takes_the_green_out_of_a_known_soft_edge(composite):
 
 
 def test_decontaminate_on_the_cli_cuts_the_fringe_and_keeps_opaque_pixels(bgrm, composite,
-                                                                           tmp_path):
-    path, _ = composite
+                                                                           chelsea, tmp_path):
+    path, alpha = composite
     _ok(bgrm("image", path, "-o", tmp_path / "plain", "--model", "u2netp"))
     _ok(bgrm("image", path, "-o", tmp_path / "clean", "--model", "u2netp", "--decontaminate"))
     plain = np.asarray(Image.open(tmp_path / "plain" / "cat_on_green_processed.png"))
@@ -106,20 +117,44 @@ def test_decontaminate_on_the_cli_cuts_the_fringe_and_keeps_opaque_pixels(bgrm, 
     assert after <= before - 0.6 * abs(before), (before, after)
     opaque = plain[..., 3] == 255
     assert (plain[opaque] == clean[opaque]).all()
+    # The network's alpha is below the true coverage in places; there the
+    # green must go without the colour swinging past the cat's to magenta
+    # (unbounded, ~10% of the soft pixels went more than 20 past it).
+    magenta = past_the_cat(clean[..., :3], chelsea)[soft]
+    assert (magenta > 20).mean() < 0.01, (magenta > 20).mean()
+    cat = soft & (alpha > 0)
+    error = {k: np.abs(v[..., :3].astype(int) - chelsea)[cat].mean()
+             for k, v in (("plain", plain), ("clean", clean))}
+    assert error["clean"] < 0.5 * error["plain"], error
 
 
-def test_decontaminate_is_close_to_rembgs_whole_photo_estimate(composite, chelsea_mask):
+def test_decontaminate_is_rembgs_estimate_except_where_rembg_overshoots(composite, chelsea,
+                                                                         segmenter):
     """rembg's decontaminate_cutout solves the whole photo; bgrm only the soft
-    band's box, with F-B brought back to full size: near-equal colours."""
+    band's box, with F-B brought back to full size, and it bounds the hue by
+    the subject's own colour. Where the alpha is below the true coverage,
+    rembg's colour swings past the cat's to magenta: there bgrm differs on
+    purpose and is nearer the true colour; elsewhere the two near-agree."""
     from rembg.bg import decontaminate_cutout
 
-    path, _ = composite
+    path, alpha = composite
     rgb = np.asarray(Image.open(path))
+    mask = np.asarray(segmenter.mask(Image.fromarray(rgb)))
     theirs = np.asarray(decontaminate_cutout(Image.fromarray(rgb),
-                                             Image.fromarray(chelsea_mask)))[..., :3]
-    ours = edges.decontaminate(rgb, chelsea_mask)
-    soft = (chelsea_mask > 0) & (chelsea_mask < 255)
-    assert np.abs(ours.astype(int) - theirs)[soft].mean() <= 3.0  # of 255
+                                             Image.fromarray(mask)))[..., :3]
+    ours = edges.decontaminate(rgb, mask)
+    soft = (mask > 0) & (mask < 255)
+    diff = np.abs(ours.astype(int) - theirs).sum(axis=2) / 3
+    fair = soft & (past_the_cat(theirs, chelsea) <= 5)
+    assert fair.sum() > 0.7 * soft.sum()
+    assert diff[fair].mean() <= 1.6, diff[fair].mean()  # of 255
+    over = soft & (past_the_cat(theirs, chelsea) > 20)
+    assert over.sum() > 0.02 * soft.sum()  # rembg overshoots here: the case exists
+    assert (past_the_cat(ours, chelsea)[over] > 20).mean() < 0.05
+    cat = soft & (alpha > 0)
+    error = {k: np.abs(v.astype(int) - chelsea)[cat].mean() for k, v in (("ours", ours),
+                                                                           ("rembg", theirs))}
+    assert error["ours"] < error["rembg"], error
 
 
 def test_with_alpha_matting_decontaminate_matters_after_feather(composite, segmenter):
