@@ -142,7 +142,7 @@ def _without_effect(job: str, typed: dict, opts) -> list[str]:
                                "max_content_width": 100})
 @click.version_option(__version__, prog_name="bgrm")
 def cli():
-    """Remove backgrounds from images and videos, offline, with U^2-Net models."""
+    """Remove backgrounds from images and videos, offline, with U^2-Net, IS-Net, BiRefNet or BRIA models."""
 
 
 @cli.command()

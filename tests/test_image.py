@@ -305,6 +305,34 @@ def test_background_picture_smaller_or_odd_sized_still_fills_every_pixel():
         assert (arr == (200, 10, 10)).all()
 
 
+def test_over_and_cutout_are_the_exact_integer_formulas():
+    # Every (foreground, alpha) pair, against colours and a picture whose
+    # channels run through all 256 values: compose.over's shifts and wrapping
+    # uint16 arithmetic must give round((fg*a + bg*(255-a)) / 255) everywhere.
+    fg_v, a_v = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    fg = np.repeat(fg_v.astype(np.uint8)[..., None], 3, axis=2)
+    alpha = a_v.astype(np.uint8)
+    picture = np.stack([np.roll(np.arange(256, dtype=np.uint8), k)[:, None].repeat(256, 1)
+                        for k in (0, 85, 170)], axis=2)
+    for bg in [(0, 0, 0), (255, 255, 255), (13, 200, 128), picture]:
+        back = np.broadcast_to(np.asarray(bg, dtype=np.int32), fg.shape)
+        want = (fg.astype(np.int32) * alpha[..., None] + back * (255 - alpha[..., None]) + 127) \
+            // 255
+        assert np.array_equal(compose.over(fg, alpha, bg), want)
+    # Odd sizes and strided inputs (a crop of a wider frame) take the same path.
+    rng = np.random.default_rng(0)
+    wide = rng.integers(0, 256, (37, 1001, 3), dtype=np.uint8)
+    soft = rng.integers(0, 256, (37, 999), dtype=np.uint8)
+    soft[:10] = 0
+    crop, back = wide[:, 1:1000], wide[:, ::-1][:, :999]
+    want = (crop.astype(np.int32) * soft[..., None] + back * (255 - soft[..., None].astype(
+        np.int32)) + 127) // 255
+    assert np.array_equal(compose.over(crop, soft, back), want)
+    rgba = compose.cutout(crop, soft)
+    assert rgba.shape == (37, 999, 4) and np.array_equal(rgba[..., 3], soft)
+    assert np.array_equal(rgba[..., :3], np.where(soft[..., None] > 0, crop, 0))
+
+
 # ---------------------------------------------------------------- alpha matting
 
 
