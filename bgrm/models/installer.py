@@ -98,34 +98,24 @@ def install(name: str, source: str | None = None, *, force: bool = False,
         raise OutputError(f"{dest.parent}: cannot create the models directory: "
                           f"{exc.strerror or exc}") from None
     stream, total, label = _open_source(source)
+    actual = _write_checked(stream, total, label, spec, dest, progress)
+    st = dest.stat()
+    remember(dest, st, actual)
+    return Installed(dest, actual, st.st_size)
+
+
+def _write_checked(stream, total: int | None, label: str, spec, dest: Path,
+                   progress: bool) -> str:
+    """Copy ``stream`` to a hidden file beside ``dest`` and rename it there only
+    with the official size and checksum; return the checksum. ``stream`` is
+    closed, and the hidden file gone, whatever happens."""
     tmp: Path | None = None
     try:
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{spec.filename}.",
                                         suffix=".part")
         tmp = Path(tmp_name)
-        digest = hashlib.new(spec.algorithm)
-        received = 0
-        from http.client import HTTPException
-
-        from tqdm import tqdm
-
-        with os.fdopen(fd, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
-                file=sys.stderr, disable=not progress, leave=False) as bar:
-            while True:
-                try:
-                    block = stream.read(_CHUNK)
-                except (OSError, HTTPException) as exc:  # timeouts, resets, cut short
-                    raise DownloadError(f"{label}: transfer failed after {received} bytes: "
-                                        f"{exc}") from None
-                if not block:
-                    break
-                digest.update(block)
-                out.write(block)
-                received += len(block)
-                bar.update(len(block))
-            out.flush()
-            os.fsync(out.fileno())
+        with os.fdopen(fd, "wb") as out:
+            digest, received = _copy(stream, out, total, label, spec, progress)
         if total is not None and received != total:
             raise DownloadError(f"{label}: got {received} of {total} bytes; try again")
         actual = f"{spec.algorithm}:{digest.hexdigest()}"
@@ -143,6 +133,32 @@ def install(name: str, source: str | None = None, *, force: bool = False,
         stream.close()
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-    st = dest.stat()
-    remember(dest, st, actual)
-    return Installed(dest, actual, st.st_size)
+    return actual
+
+
+def _copy(stream, out, total: int | None, label: str, spec, progress: bool):
+    """``stream`` into ``out`` (synced to disk), with a bar on stderr when asked:
+    ``(hash object, bytes received)``. A failed transfer is a DownloadError."""
+    from http.client import HTTPException
+
+    from tqdm import tqdm
+
+    digest = hashlib.new(spec.algorithm)
+    received = 0
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=spec.name,
+              file=sys.stderr, disable=not progress, leave=False) as bar:
+        while True:
+            try:
+                block = stream.read(_CHUNK)
+            except (OSError, HTTPException) as exc:  # timeouts, resets, cut short
+                raise DownloadError(f"{label}: transfer failed after {received} bytes: "
+                                    f"{exc}") from None
+            if not block:
+                break
+            digest.update(block)
+            out.write(block)
+            received += len(block)
+            bar.update(len(block))
+        out.flush()
+        os.fsync(out.fileno())
+    return digest, received

@@ -70,38 +70,14 @@ class Threads(Executor):
     """
 
     def execute(self, items: list[tuple[int, Task]], emit: Emit) -> None:
-        todo = iter(items)
-        take = threading.Lock()
+        self._todo = iter(items)
+        self._take = threading.Lock()
         self._stopping = threading.Event()
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        retired: set[threading.Thread] = set()  # abandoned past the timeout
-
-        def worker() -> None:
-            me = threading.current_thread()
-            while not self._stopping.is_set() and me not in retired:
-                with take:
-                    item = next(todo, None)
-                if item is None:
-                    break
-                i, task = item
-                events.put(("start", i, me))
-                result = run_task(task, lambda n, i=i: events.put(("progress", i, n)))
-                if me in retired and task.held is not None:
-                    # Reported failed already: its late output is dropped here.
-                    remove_tmp(task.held)  # a file, or a PNG sequence's folder
-                events.put(("done", i, result))
-            events.put(("exit", -1, me))
-
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._retired: set[threading.Thread] = set()  # abandoned past the timeout
         self._threads: list[threading.Thread] = []
-
-        def spawn() -> None:
-            thread = threading.Thread(target=worker, name=f"bgrm-file-{len(self._threads)}",
-                                      daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
         for _ in range(min(self.width, len(items))):
-            spawn()
+            self._spawn()
         running = set(self._threads)
         started: dict[int, tuple[threading.Thread, float]] = {}
         while running:
@@ -110,16 +86,9 @@ class Threads(Executor):
                 wait = max(0.0, min(t for _, t in started.values()) + self.timeout
                            - time.monotonic())
             try:
-                kind, i, payload = events.get(timeout=wait)
+                kind, i, payload = self._events.get(timeout=wait)
             except queue.Empty:
-                for i, (thread, t0) in list(started.items()):
-                    if time.monotonic() - t0 >= self.timeout:
-                        del started[i]
-                        retired.add(thread)
-                        running.discard(thread)
-                        emit(Done(i, timed_out(dict(items)[i], self.timeout)))
-                        spawn()
-                        running.add(self._threads[-1])
+                self._retire_overdue(started, running, items, emit)
                 continue
             if kind == "exit":
                 running.discard(payload)
@@ -130,6 +99,42 @@ class Threads(Executor):
             else:
                 started.pop(i, None)
                 emit(Done(i, payload))
+
+    def _worker(self) -> None:
+        """One thread: the next file, until none is left, Ctrl-C, or it is retired."""
+        me = threading.current_thread()
+        events = self._events
+        while not self._stopping.is_set() and me not in self._retired:
+            with self._take:
+                item = next(self._todo, None)
+            if item is None:
+                break
+            i, task = item
+            events.put(("start", i, me))
+            result = run_task(task, lambda n, i=i: events.put(("progress", i, n)))
+            if me in self._retired and task.held is not None:
+                # Reported failed already: its late output is dropped here.
+                remove_tmp(task.held)  # a file, or a PNG sequence's folder
+            events.put(("done", i, result))
+        events.put(("exit", -1, me))
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._worker, name=f"bgrm-file-{len(self._threads)}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _retire_overdue(self, started: dict, running: set, items: list[tuple[int, Task]],
+                        emit: Emit) -> None:
+        """Files past --timeout are reported failed; a fresh thread replaces each one's."""
+        for i, (thread, t0) in list(started.items()):
+            if time.monotonic() - t0 >= self.timeout:
+                del started[i]
+                self._retired.add(thread)
+                running.discard(thread)
+                emit(Done(i, timed_out(dict(items)[i], self.timeout)))
+                self._spawn()
+                running.add(self._threads[-1])
 
     def stop(self) -> None:
         stopping = getattr(self, "_stopping", None)

@@ -255,96 +255,167 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
     one part of a longer video: its reader seeks, the frames before the range
     only warm the smoothing, the part starts at time 0 and has no audio.
     """
-    fmt = FORMATS[opts.video_format]
-    name = str(src)
-    notes: list[str] = []
     if src.stat().st_size == 0:
-        raise InputError(f"{name}: empty file (0 bytes)")
-    out_rate = Fraction(opts.framerate) if opts.framerate else None
-    # Before the decoder starts: a bad --bg-image fails here with nothing to clean up.
-    background, release_background = _background(opts, fmt, lambda: out_rate or reader.info.rate)
-    edge_frame, paint_frame = _composer(opts, fmt, background)
-    mask_filter = MaskFilter(opts.temporal_smoothing)
-    matting = ThreadPoolExecutor(matting_threads(), thread_name_prefix="bgrm-matte") \
-        if opts.matting.enabled else None
-    spool = _Spool(dst.parent) if opts.edges.crop else None
-    reader = cut.reader(src, name, opts) if cut is not None else \
-        VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
-    writer: VideoWriter | None = None
-    shape: list[tuple[int, int]] = []
-    box: tuple[int, int, int, int] | None = None
+        raise InputError(f"{src}: empty file (0 bytes)")
+    run = _FileRun(src, dst, opts, segmenter, progress, cut)
+    try:
+        return run.run()
+    finally:
+        run.close()
 
-    def prepare(frame: Frame) -> _Work:
-        return _Work(frame, tensor=segmenter.prepare(Image.fromarray(frame.rgb)))
 
-    def infer(work: _Work) -> _Work:
-        work.small, work.tensor = segmenter.predict(work.tensor), None
+class _FileRun:
+    """One file's run and its state: reader, writer, format, smoothing, spool.
+
+    The stages ``prepare`` (decode thread), ``infer`` and ``finish`` (one
+    thread each) and ``encode`` (the caller's thread) are what ``run_stages``
+    chains; with --crop, ``encode`` only spools and ``crop_pass`` encodes.
+    """
+
+    def __init__(self, src: Path, dst: Path, opts: VideoOptions, segmenter,
+                 progress: Callable[[int], None] | None, cut):
+        self.src, self.dst, self.opts, self.segmenter = src, dst, opts, segmenter
+        self.progress, self.cut = progress, cut
+        self.fmt = FORMATS[opts.video_format]
+        self.name = str(src)
+        self.notes: list[str] = []
+        self.out_rate = Fraction(opts.framerate) if opts.framerate else None
+        # Before the decoder starts: a bad --bg-image fails here with nothing to clean up.
+        # The rate is asked at the first frame, when the reader has read the header.
+        self.background, self.release_background = _background(
+            opts, self.fmt, lambda: self.out_rate or self.reader.info.rate)
+        self.edge_frame, self.paint_frame = _composer(opts, self.fmt, self.background)
+        self.mask_filter = MaskFilter(opts.temporal_smoothing)
+        self.matting = ThreadPoolExecutor(matting_threads(), thread_name_prefix="bgrm-matte") \
+            if opts.matting.enabled else None
+        self.spool = _Spool(dst.parent) if opts.edges.crop else None
+        self.reader = cut.reader(src, self.name, opts) if cut is not None else \
+            VideoReader(src, self.name, fps=opts.framerate, limit=opts.frame_limit)
+        self.picture = None  # the output's picture path, once open_output has made it
+        self.writer: VideoWriter | None = None
+        self.shape: tuple[int, int] | None = None  # (h, w) of the first frame
+        self.box: tuple[int, int, int, int] | None = None  # --crop: the clip's box
+
+    # -- the whole file ----------------------------------------------------------------
+
+    def run(self) -> Processed:
+        with open_output(self.dst, self.fmt, self.name) as out:
+            self.picture = out.picture
+            try:
+                run_stages(self.reader, [self.prepare, self.infer, self.finish], self.encode)
+                if self.shape is None:
+                    if self.cut is not None:
+                        raise self.cut.empty()  # a range with no frame in it: no part
+                    raise InputError(f"{self.name}: no video frames could be decoded")
+                if self.spool is not None:
+                    self.crop_pass()
+                self.complete(out)
+            except BaseException:
+                if self.writer is not None:
+                    self.writer.abort()
+                raise
+        return Processed(self.notes, self.box)
+
+    def complete(self, out) -> None:
+        """Close the picture stream, note a short decode, add the audio, commit."""
+        writer, cut = self.writer, self.cut
+        writer.finish()
+        if cut is None:
+            self.notes += _shortfall(self.name, self.reader, writer.end, self.opts.frame_limit)
+        else:
+            cut.wrote(writer)
+        # The input's header (has it audio?) was read with the first frame.
+        # A part's audio is added once, to the joined whole.
+        out.complete(self.src, self.reader.info.has_audio and cut is None, writer.end)
+
+    def close(self) -> None:
+        if self.matting is not None:
+            self.matting.shutdown(wait=True, cancel_futures=True)
+        self.reader.close()
+        if self.spool is not None:
+            self.spool.close()
+        if self.release_background:
+            self.release_background()
+
+    # -- the per-frame stages ----------------------------------------------------------
+
+    def prepare(self, frame: Frame) -> _Work:
+        return _Work(frame, tensor=self.segmenter.prepare(Image.fromarray(frame.rgb)))
+
+    def infer(self, work: _Work) -> _Work:
+        work.small, work.tensor = self.segmenter.predict(work.tensor), None
         return work
 
-    def render(rgb: np.ndarray, mask: np.ndarray):
-        alpha, fg = edge_frame(rgb, mask)
-        if spool is not None:
-            return rgb, alpha, fg  # composed in the second pass, once the box is known
-        return paint_frame(rgb, alpha, fg)
-
-    def finish(work: _Work) -> tuple[object, float]:
+    def finish(self, work: _Work) -> tuple[object, float] | None:
         frame = work.frame
-        small = mask_filter(work.small, frame)
-        if cut is not None and cut.warming(frame):
+        small = self.mask_filter(work.small, frame)
+        if self.cut is not None and self.cut.warming(frame):
             return None  # before the range: it only carried the smoothing this far
         h, w = frame.rgb.shape[:2]
         mask = upscale(small, (w, h))
-        if matting is not None:
+        if self.matting is not None:
             # Frames are matted side by side; encode() takes them back in order.
             # The queue after this step (two items) bounds the frames in flight.
-            return matting.submit(render, frame.rgb, mask), frame.pts
-        return render(frame.rgb, mask), frame.pts
+            return self.matting.submit(self.render, frame.rgb, mask), frame.pts
+        return self.render(frame.rgb, mask), frame.pts
 
-    def same_size(pixels: np.ndarray) -> None:
-        if not shape:
-            shape.append(pixels.shape[:2])
-        elif pixels.shape[:2] != shape[0]:
-            # An encoder stream has one size; ffmpeg passes a mid-stream change through.
-            raise InputError(f"{name}: the picture size changes mid-stream "
-                             f"({shape[0][1]}x{shape[0][0]} -> {pixels.shape[1]}x"
-                             f"{pixels.shape[0]}); bgrm needs one size per video")
+    def render(self, rgb: np.ndarray, mask: np.ndarray):
+        alpha, fg = self.edge_frame(rgb, mask)
+        if self.spool is not None:
+            return rgb, alpha, fg  # composed in the second pass, once the box is known
+        return self.paint_frame(rgb, alpha, fg)
 
-    def write(pixels: np.ndarray, pts: float) -> None:
-        nonlocal writer
-        if writer is None:
-            h, w = pixels.shape[:2]
-            writer = VideoWriter(picture, fmt, (w, h), out_rate or reader.info.rate, name,
-                                 target=dst, sar=reader.info.sar,
-                                 origin=pts if cut is not None else 0.0)
-            if writer.padded:
-                notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
-                             f"encode; the last column/row is repeated: {writer.size[0]}x"
-                             f"{writer.size[1]}")
-        writer.write(pixels, pts)
-
-    def encode(item: tuple[object, float] | None) -> None:
+    def encode(self, item: tuple[object, float] | None) -> None:
         if item is None:
             return  # a warm-up frame
         pixels, pts = item
         if isinstance(pixels, Future):
             pixels = pixels.result()
-        if spool is not None:
-            same_size(pixels[0])
-            spool.write(*pixels)
+        if self.spool is not None:
+            self.same_size(pixels[0])
+            self.spool.write(*pixels)
         else:
-            same_size(pixels)
-            write(pixels, pts)
-        if progress:
-            progress(1)
+            self.same_size(pixels)
+            self.write(pixels, pts)
+        if self.progress:
+            self.progress(1)
 
-    def crop_pass() -> None:
+    def same_size(self, pixels: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = pixels.shape[:2]
+        elif pixels.shape[:2] != self.shape:
+            # An encoder stream has one size; ffmpeg passes a mid-stream change through.
+            raise InputError(f"{self.name}: the picture size changes mid-stream "
+                             f"({self.shape[1]}x{self.shape[0]} -> {pixels.shape[1]}x"
+                             f"{pixels.shape[0]}); bgrm needs one size per video")
+
+    def write(self, pixels: np.ndarray, pts: float) -> None:
+        if self.writer is None:
+            self.open_writer(pixels, pts)
+        self.writer.write(pixels, pts)
+
+    def open_writer(self, pixels: np.ndarray, pts: float) -> None:
+        """The encoder, sized by the first frame it gets (cropped or not)."""
+        h, w = pixels.shape[:2]
+        info, name = self.reader.info, self.name
+        self.writer = VideoWriter(self.picture, self.fmt, (w, h), self.out_rate or info.rate,
+                                  name, target=self.dst, sar=info.sar,
+                                  origin=pts if self.cut is not None else 0.0)
+        size = self.writer.size
+        if self.writer.padded:
+            self.notes.append(f"{name}: {w}x{h} has an odd side, which H.264 (4:2:0) cannot "
+                              f"encode; the last column/row is repeated: {size[0]}x{size[1]}")
+
+    # -- --crop's second pass ----------------------------------------------------------
+
+    def crop_pass(self) -> None:
         """--crop: decode again, compose from the spool, cut to the clip's box, encode."""
-        nonlocal box
+        spool, name, opts = self.spool, self.name, self.opts
         spool.rewind()
-        h, w = shape[0]
-        box = edges.crop_box(spool.box, opts.edges.crop_margin, (w, h))
-        left, top, right, bottom = box
-        again = VideoReader(src, name, fps=opts.framerate, limit=opts.frame_limit)
+        h, w = self.shape
+        self.box = edges.crop_box(spool.box, opts.edges.crop_margin, (w, h))
+        left, top, right, bottom = self.box
+        again = VideoReader(self.src, name, fps=opts.framerate, limit=opts.frame_limit)
         seen = 0
 
         def paint(frame: Frame) -> tuple[np.ndarray, float]:
@@ -354,46 +425,13 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
                 raise InputError(f"{name}: decoded differently the second time (--crop "
                                  "reads the video twice)")
             alpha, fg = spool.read(frame.rgb)
-            pixels = paint_frame(frame.rgb, alpha, fg)[top:bottom, left:right]
+            pixels = self.paint_frame(frame.rgb, alpha, fg)[top:bottom, left:right]
             return np.ascontiguousarray(pixels), frame.pts
 
         try:
-            run_stages(again, [paint], lambda item: write(*item))
+            run_stages(again, [paint], lambda item: self.write(*item))
         finally:
             again.close()
         if seen != spool.count:
             raise InputError(f"{name}: decoded {seen} frames the second time, "
                              f"{spool.count} the first (--crop reads the video twice)")
-
-    try:
-        with open_output(dst, fmt, name) as out:
-            picture = out.picture
-            try:
-                run_stages(reader, [prepare, infer, finish], encode)
-                if not shape:
-                    if cut is not None:
-                        raise cut.empty()  # a range with no frame in it: no part
-                    raise InputError(f"{name}: no video frames could be decoded")
-                if spool is not None:
-                    crop_pass()
-                writer.finish()
-                if cut is None:
-                    notes += _shortfall(name, reader, writer.end, opts.frame_limit)
-                else:
-                    cut.wrote(writer)
-                # The input's header (has it audio?) was read with the first frame.
-                # A part's audio is added once, to the joined whole.
-                out.complete(src, reader.info.has_audio and cut is None, writer.end)
-            except BaseException:
-                if writer is not None:
-                    writer.abort()
-                raise
-    finally:
-        if matting is not None:
-            matting.shutdown(wait=True, cancel_futures=True)
-        reader.close()
-        if spool is not None:
-            spool.close()
-        if release_background:
-            release_background()
-    return Processed(notes, box)

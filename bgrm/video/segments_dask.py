@@ -122,76 +122,102 @@ def run_split(client, task, plan: segments.Plan, progress: Callable[[int], None]
     """One video as ``plan``'s segments on the cluster, joined into ``task.dst`` (or
     its held name, which ``Executor.run`` moves into place); ``timeout``: seconds
     for the whole video."""
-    from bgrm.outputs import holding
-    from bgrm.run import timed_out
-
-    cluster = _cluster()
-    run = uuid.uuid4().hex
-    folder = parts_folder(task.dst, run)
-    events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
-    reported = dict.fromkeys(range(len(plan.spans)), 0)  # retries never count twice
-
-    def on_event(event) -> None:
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("run") == run:
-            events.put(("progress", msg["i"], msg["n"]))
-
-    def advance(i: int, n: int) -> None:
-        if n > reported[i]:
-            progress(n - reported[i])
-            reported[i] = n
-
-    futures: dict[int, object] = {}
+    split = _Split(client, task, plan, progress)
     try:
-        folder.mkdir(parents=True)
-        client.subscribe_topic(cluster.TOPIC, on_event)
-        for span in plan.spans:
-            future = client.submit(make_part, task, folder, span, run, __version__,
-                                   key=f"bgrm-segment-{run}-{span.index}",
-                                   retries=cluster.RETRIES, pure=False)
-            future.add_done_callback(lambda f, i=span.index: events.put(("done", i, 0)))
-            futures[span.index] = future
-        parts, error = [], None
+        split.submit()
+        parts, failed = split.wait(timeout)
+        return failed if failed is not None else split.join(parts)
+    except BgrmError as exc:
+        return Result(task.name, error=" ".join(str(exc).split()))
+    finally:
+        split.close()
+
+
+class _Split:
+    """One video's segments on the cluster: submitted, awaited, joined, cleaned up."""
+
+    def __init__(self, client, task, plan: segments.Plan, progress: Callable[[int], None]):
+        self.client, self.task, self.plan, self.progress = client, task, plan, progress
+        self.cluster = _cluster()
+        self.run = uuid.uuid4().hex
+        self.folder = parts_folder(task.dst, self.run)
+        self.events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
+        self.reported = dict.fromkeys(range(len(plan.spans)), 0)  # retries never count twice
+        self.futures: dict[int, object] = {}
+
+    def on_event(self, event) -> None:
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("run") == self.run:
+            self.events.put(("progress", msg["i"], msg["n"]))
+
+    def advance(self, i: int, n: int) -> None:
+        if n > self.reported[i]:
+            self.progress(n - self.reported[i])
+            self.reported[i] = n
+
+    def submit(self) -> None:
+        """The parts folder, the progress subscription, one task per segment."""
+        self.folder.mkdir(parents=True)
+        self.client.subscribe_topic(self.cluster.TOPIC, self.on_event)
+        for span in self.plan.spans:
+            future = self.client.submit(make_part, self.task, self.folder, span, self.run,
+                                        __version__, key=f"bgrm-segment-{self.run}-{span.index}",
+                                        retries=self.cluster.RETRIES, pure=False)
+            future.add_done_callback(lambda f, i=span.index: self.events.put(("done", i, 0)))
+            self.futures[span.index] = future
+
+    def wait(self, timeout: float | None) -> tuple[list[segments.Part], Result | None]:
+        """``(every part, None)``, or at the first failure or the timeout
+        ``(the parts so far, the failed Result)``."""
+        from bgrm.run import timed_out
+
+        parts: list[segments.Part] = []
+        error = None
         until = None if not timeout else time.monotonic() + timeout
-        while futures and error is None:
+        while self.futures and error is None:
             try:
-                what, i, n = events.get(timeout=None if until is None else
-                                        max(0.0, until - time.monotonic()))
+                what, i, n = self.events.get(timeout=None if until is None else
+                                             max(0.0, until - time.monotonic()))
             except queue.Empty:
-                return timed_out(task, timeout)
+                return parts, timed_out(self.task, timeout)
             if what == "progress":
-                advance(i, n)
+                self.advance(i, n)
                 continue
-            future = futures.pop(i, None)
+            future = self.futures.pop(i, None)
             if future is None:
                 continue
-            try:
-                kind, value = future.result()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # noqa: BLE001 - lost workers, cancellations
-                error = cluster._failure(task, exc).error
-                continue
-            if kind == "error":
-                error = value
-            else:
-                advance(i, value.count)
-                parts.append(value)
-        if error is not None:
-            return Result(task.name, error=error)
+            part, error = self.settle(future)
+            if part is not None:
+                self.advance(i, part.count)
+                parts.append(part)
+        return parts, None if error is None else Result(self.task.name, error=error)
+
+    def settle(self, future) -> tuple[segments.Part | None, str | None]:
+        """A finished segment: ``(its part, None)`` or ``(None, why it failed)``."""
+        try:
+            kind, value = future.result()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - lost workers, cancellations
+            return None, self.cluster._failure(self.task, exc).error
+        return (None, value) if kind == "error" else (value, None)
+
+    def join(self, parts: list[segments.Part]) -> Result:
+        from bgrm.outputs import holding
+
+        task = self.task
         with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
             count = segments.join(parts, task.src, task.dst, task.options, task.name)
         notes = list(dict.fromkeys(note for p in sorted(parts, key=lambda p: p.index)
                                    for note in p.notes))
         return Result(task.name, task.dst, notes=notes) if count else \
             Result(task.name, error=f"{task.name}: no video frames could be decoded")
-    except BgrmError as exc:
-        return Result(task.name, error=" ".join(str(exc).split()))
-    finally:
+
+    def close(self) -> None:
         # Ctrl-C, a failed segment or done: segments still running stop at their
         # next report (their folder is gone), those not started never start.
         with contextlib.suppress(Exception):
-            client.cancel(list(futures.values()))
+            self.client.cancel(list(self.futures.values()))
         with contextlib.suppress(Exception):
-            client.unsubscribe_topic(cluster.TOPIC)
-        shutil.rmtree(folder, ignore_errors=True)
+            self.client.unsubscribe_topic(self.cluster.TOPIC)
+        shutil.rmtree(self.folder, ignore_errors=True)
