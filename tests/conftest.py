@@ -58,3 +58,21 @@ def env(tmp_path_factory) -> dict:
     out["BGRM_MODELS"] = str(home)
     out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), out.get("PYTHONPATH")]))
     return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``(address, client)`` of a loopback Dask cluster, two worker processes of one
+    thread each, with no models installed (a module's tests share it)."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    worker_models = tmp_path_factory.mktemp("worker-models")
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=None, env={"BGRM_MODELS": str(worker_models)})
+    client = Client(local, set_as_default=False)
+    try:
+        yield local.scheduler_address, client
+    finally:
+        client.close()
+        local.close()

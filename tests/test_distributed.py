@@ -25,23 +25,6 @@ from bgrm.run.cluster import PLUGIN_NAME
 PHOTOS = ["astronaut.png", "chelsea.png", "rocket.jpg"]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """``(address, client)`` of a local cluster whose workers have no models installed."""
-    pytest.importorskip("distributed")
-    from distributed import Client, LocalCluster
-
-    worker_models = tmp_path_factory.mktemp("worker-models")
-    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                         dashboard_address=None, env={"BGRM_MODELS": str(worker_models)})
-    client = Client(local, set_as_default=False)
-    try:
-        yield local.scheduler_address, client
-    finally:
-        client.close()
-        local.close()
-
-
 def _inputs(fixtures, tmp_path) -> list[Path]:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")

@@ -121,22 +121,6 @@ def test_parts_join_in_other_formats(fixtures, tmp_path, fmt):
 # -- on a loopback cluster ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    pytest.importorskip("distributed")
-    from distributed import Client, LocalCluster
-
-    worker_models = tmp_path_factory.mktemp("worker-models")
-    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                         dashboard_address=None, env={"BGRM_MODELS": str(worker_models)})
-    client = Client(local, set_as_default=False)
-    try:
-        yield local.scheduler_address, client
-    finally:
-        client.close()
-        local.close()
-
-
 def _compare(local: Path, joined: Path, boundaries: int) -> None:
     """Same frames, times, duration and audio; alpha IoU >= 0.99 on every frame."""
     a, b = probe(local), probe(joined)
