@@ -35,11 +35,17 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from bgrm.errors import InputError, OutputError
+from bgrm.errors import InputError
 from bgrm.options import VideoOptions
 from bgrm.video.formats import FORMATS, Format
-from bgrm.video.reader import VideoReader, ffmpeg, first_error, header, split_line
-from bgrm.video.writer import _TICKS_PER_S, open_output
+from bgrm.video.reader import VideoReader, ffmpeg, header
+from bgrm.video.writer import (
+    _TICKS_PER_S,
+    audio_input,
+    container,
+    open_output,
+    run_ffmpeg,
+)
 
 # The smoothing's memory left over from before the warm-up: its state after
 # n frames differs from a whole run's by at most strength**n of what it was.
@@ -321,18 +327,12 @@ def _concat(parts: list[Part], picture: Path, fmt: Format, name: str, dst: Path,
     listing.write_text("\n".join(lines) + "\n")
     sound_in, sound_out = [], []
     if audio is not None:
-        sound_in = ["-t", f"{seconds:.6f}", "-vn", "-sn", "-dn", "-i", str(audio)]
+        sound_in = audio_input(audio, seconds)
         sound_out = ["-map", "1:a:0?", *fmt.audio_args]
     cmd = [*ffmpeg("level+error"), "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
            *sound_in, "-map", "0:v:0", "-c:v", "copy", *sound_out,
-           "-map_metadata", "-1",
-           *(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
-           "-f", fmt.muxer, str(picture)]
+           "-map_metadata", "-1", *container(fmt, picture)]
     try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+        run_ffmpeg(cmd, name, f"joining the parts of {dst}")
     finally:
         listing.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        lines = [split_line(ln)[2] for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
-        raise OutputError(f"{name}: ffmpeg failed ({proc.returncode}) joining the parts of "
-                          f"{dst}: {first_error(lines)}")

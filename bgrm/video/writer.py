@@ -182,18 +182,34 @@ def add_audio(video: Path | None, src: Path, dst: Path, fmt: Format, seconds: fl
     is copied untouched, so its frames and timing stay exactly as encoded.
     With ``video`` None, the audio alone, as a WAV (a PNG sequence's sound)."""
     if video is None:
-        cmd = [*ffmpeg("level+error"), "-y", "-t", f"{seconds:.6f}", "-vn", "-sn", "-dn",
-               "-i", str(src), "-map", "0:a:0", *fmt.audio_args, "-f", "wav", str(dst)]
+        cmd = [*ffmpeg("level+error"), "-y", *audio_input(src, seconds), "-map", "0:a:0",
+               *fmt.audio_args, "-f", "wav", str(dst)]
     else:
-        cmd = [*ffmpeg("level+error"), "-y", "-i", str(video), "-t", f"{seconds:.6f}", "-vn",
-               "-sn", "-dn", "-i", str(src), "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy",
-               *fmt.audio_args, *(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
-               "-f", fmt.muxer, str(dst)]
+        cmd = [*ffmpeg("level+error"), "-y", "-i", str(video), *audio_input(src, seconds),
+               "-map", "0:v:0", "-map", "1:a:0?", "-c:v", "copy", *fmt.audio_args,
+               *container(fmt, dst)]
+    run_ffmpeg(cmd, name, f"adding the audio to {target}")
+
+
+def audio_input(src: Path, seconds: float) -> list[str]:
+    """``src``'s sound alone as an input, cut to the first ``seconds`` (the picture's length)."""
+    return ["-t", f"{seconds:.6f}", "-vn", "-sn", "-dn", "-i", str(src)]
+
+
+def container(fmt: Format, dst: Path) -> list[str]:
+    """The output arguments of ``fmt``'s file at ``dst`` (an mp4 playable while it loads)."""
+    return [*(("-movflags", "+faststart") if fmt.muxer == "mp4" else ()),
+            "-f", fmt.muxer, str(dst)]
+
+
+def run_ffmpeg(cmd: list[str], name: str, doing: str) -> None:
+    """Run a one-shot ffmpeg; if it fails, an OutputError naming the input, what
+    ffmpeg was ``doing``, its exit status and its first error line."""
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
     if proc.returncode != 0:
         lines = [split_line(ln)[2] for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
-        raise OutputError(f"{name}: ffmpeg failed ({proc.returncode}) adding the audio to "
-                          f"{target}: {first_error(lines)}")
+        raise OutputError(f"{name}: ffmpeg failed ({proc.returncode}) {doing}: "
+                          f"{first_error(lines)}")
 
 
 class Output:
