@@ -169,16 +169,27 @@ def check_file(path: Path, expected: str, full: bool = False) -> Check:
     """Compare ``path``'s checksum with ``expected`` ("md5:..." or "sha256:...");
     ``full`` ignores remembered checks."""
     st = path.stat()
+    # In this process too, not only in the stamp file: a ViTMatte file is asked
+    # for at every video frame, and a read-only models folder keeps no stamps.
+    seen = (str(path.resolve()), expected, *_file_key(st).values())
     if not full:
-        stamp = _read_stamps().get(str(path.resolve()))
+        if seen in _CHECKED:
+            return Check(True, expected, None, st.st_size)
+        stamp = _read_stamps().get(seen[0])
         if isinstance(stamp, dict) and stamp.get("checksum") == expected and \
                 all(stamp.get(k) == v for k, v in _file_key(st).items()):
+            _CHECKED.add(seen)
             return Check(True, expected, None, st.st_size)
     actual = file_checksum(path, expected.split(":", 1)[0])
     ok = actual == expected
     if ok and path.stat().st_mtime_ns == st.st_mtime_ns:
         remember(path, st, actual)
+        _CHECKED.add(seen)
     return Check(ok, expected, actual, st.st_size)
+
+
+# Files whose checksum this process has found right: (path, checksum, its stat key).
+_CHECKED: set[tuple] = set()
 
 
 @dataclass(frozen=True)
