@@ -17,6 +17,7 @@ from typing import Any
 
 from bgrm.errors import ParameterError
 from bgrm.models.families import FAMILIES
+from bgrm.models.registry import VITMATTE_DEFAULT, VITMATTE_VARIANTS
 
 BG_TYPES = ("transparent", "color", "image")
 VIDEO_FORMATS = (
@@ -135,10 +136,6 @@ class Param:
 # Largest --mask-grow / --mask-feather: far beyond any edge, small enough that
 # a typo cannot run for minutes.
 _EDGE_PX = 500
-# rembg's ViTMatte checkpoints: registry rows vitmatte-<variant> in bgrm.models.
-VITMATTE_DEFAULT = "small-distinctions-646"
-VITMATTE_VARIANTS = ("small-distinctions-646", "small-composition-1k",
-                     "base-distinctions-646", "base-composition-1k")
 PARAMS: tuple[Param, ...] = (
     Param("model", "model", None,
           "A model by name (bgrm models list: u2net, isnet-general-use, birefnet-general, "

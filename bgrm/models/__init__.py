@@ -6,14 +6,13 @@ Light to import (dataclasses, hashlib, json): ``bgrm --help`` loads it.
 """
 
 from bgrm.errors import DownloadError, ModelError
-from bgrm.models.families import DEFAULT_FAMILY, FAMILIES, IMAGENET_MEAN, IMAGENET_STD, Family
-from bgrm.models.installer import Installed, install, is_url
+from bgrm.models.families import DEFAULT_FAMILY, FAMILIES, Family
+from bgrm.models.installer import install, is_url
 from bgrm.models.registry import (
     DEFAULT_MODEL,
     FALLBACK_MODEL,
     REGISTRY,
     SEGMENTATION_MODELS,
-    VITMATTE_DEFAULT,
     ModelSpec,
 )
 from bgrm.models.store import (
@@ -33,9 +32,9 @@ from bgrm.models.store import (
 )
 
 __all__ = [
-    "ASSETS", "IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_FAMILY", "DEFAULT_MODEL", "FALLBACK_MODEL", "FAMILIES", "REGISTRY",
-    "SEGMENTATION_MODELS", "STAMP_NAME", "VITMATTE_DEFAULT", "Check", "DownloadError",
-    "Family", "Installed", "ModelError", "ModelSpec", "ModelStatus", "ResolvedModel",
+    "ASSETS", "DEFAULT_FAMILY", "DEFAULT_MODEL", "FALLBACK_MODEL", "FAMILIES", "REGISTRY",
+    "SEGMENTATION_MODELS", "STAMP_NAME", "Check", "DownloadError",
+    "Family", "ModelError", "ModelSpec", "ModelStatus", "ResolvedModel",
     "bundled_path", "check_file", "file_checksum", "install", "installed_path", "is_url",
     "models_dir", "resolve", "status", "verified_path",
 ]

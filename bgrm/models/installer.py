@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bgrm.errors import DownloadError, ModelError, OutputError
 from bgrm.models.registry import REGISTRY
-from bgrm.models.store import check_file, installed_path, remember
+from bgrm.models.store import check_file, installed_path, mismatch, remember
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
@@ -120,9 +120,8 @@ def _write_checked(stream, total: int | None, label: str, spec, dest: Path,
             raise DownloadError(f"{label}: got {received} of {total} bytes; try again")
         actual = f"{spec.algorithm}:{digest.hexdigest()}"
         if actual != spec.checksum:
-            raise ModelError(f"{label} is not the official {spec.name}: {spec.algorithm} "
-                             f"{digest.hexdigest()}, expected {spec.digest}; nothing was "
-                             "installed")
+            raise ModelError(f"{label} is not the official {spec.name}: "
+                             f"{mismatch(spec.checksum, actual)}; nothing was installed")
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; models are readable like any data
         os.replace(tmp, dest)
         tmp = None

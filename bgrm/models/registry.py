@@ -142,6 +142,9 @@ REGISTRY: dict[str, ModelSpec] = {
     )
 }
 SEGMENTATION_MODELS = tuple(n for n, s in REGISTRY.items() if s.family is not None)
-VITMATTE_DEFAULT = "vitmatte-small-distinctions-646"  # rembg's default variant
+# --vitmatte-model's choices: the ViTMatte rows' names without "vitmatte-".
+VITMATTE_VARIANTS = tuple(n.removeprefix("vitmatte-") for n, s in REGISTRY.items()
+                          if s.family is None)
+VITMATTE_DEFAULT = "small-distinctions-646"  # rembg's default variant
 DEFAULT_MODEL = "u2net"
 FALLBACK_MODEL = "u2netp"

@@ -76,7 +76,6 @@ class Span:
 class Plan:
     spans: tuple[Span, ...]
     duration: float | None  # the header's, in seconds
-    rate: float  # frames per second the ranges were sized with
 
     @property
     def split(self) -> bool:
@@ -124,13 +123,13 @@ def plan(src: Path, opts: VideoOptions, seconds: float) -> Plan:
     duration, rate = header(src)
     rate = float(opts.framerate or rate or RATE_GUESS)
     if not duration or duration <= seconds or why_whole(opts):
-        return Plan((Span(0, None, None),), duration, rate)
+        return Plan((Span(0, None, None),), duration)
     end = None
     if opts.frame_limit is not None:
         end = limit_end(src, opts.frame_limit, opts.framerate)
         if end is not None and end <= seconds:
-            return Plan((Span(0, None, None),), duration, rate)
-    return Plan(ranges(duration, seconds, end, rate, opts.temporal_smoothing), duration, rate)
+            return Plan((Span(0, None, None),), duration)
+    return Plan(ranges(duration, seconds, end, rate, opts.temporal_smoothing), duration)
 
 
 _TB = re.compile(r"^#tb 0: (\d+)/(\d+)")
@@ -185,7 +184,7 @@ class _SpanFrames:
     def __init__(self, src: Path, name: str, opts: VideoOptions, span: Span):
         self.src, self.name, self.opts, self.span = src, name, opts, span
         self.since = None if span.start is None else max(0.0, span.start - span.warm)
-        self._seek = None if self.since is None else self.since
+        self._seek = self.since
         self._reader = self._open()
 
     def _open(self) -> VideoReader:
