@@ -683,109 +683,24 @@ def row_compose_1080p(b: Bench) -> None:
 ROWS.append(row_compose_1080p)
 
 
-# Issue #14's int8 study, reproducible: calibration on scikit-image's other
-# photos (never the fixtures), judged on the fixtures, their mirrors and crops.
-_CALIBRATION = ["motorcycle_left.png", "motorcycle_right.png", "camera.png", "horse.png",
-                "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "color.png", "coins.png",
-                "moon.png", "page.png", "brick.png", "grass.png", "gravel.png",
-                "clock_motion.png", "logo.png", "cell.png", "text.png"]
-
-
-def _int8_variants(work: Path) -> dict[str, Path]:
-    """u2netp at opset 13 (per-channel int8 needs it), pre-processed as onnxruntime
-    advises, then three static QDQ quantizations (MinMax, uint8 activations,
-    per-channel int8 weights): every op; every op but conv 787's outlier path
-    and the fusion head; and that, with the seven convs most sensitive alone kept fp32."""
-    import onnx
-    import skimage
-    from onnx import version_converter
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from bgrm.models import REGISTRY, ResolvedModel
-    from bgrm.segment import Segmenter
-
-    fp32 = ROOT / "bgrm" / "assets" / "u2netp.onnx"
-    opset13, pre = work / "u2netp13.onnx", work / "u2netp_pre.onnx"
-    onnx.save(version_converter.convert_version(onnx.load(fp32), 13), opset13)
-    quant_pre_process(str(opset13), str(pre), skip_symbolic_shape=True)
-    seg = Segmenter(ResolvedModel(REGISTRY["u2netp"], fp32), "cpu")
-    data = Path(skimage.__file__).parent / "data"
-    tensors = []
-    for name in _CALIBRATION:
-        photo = Image.open(data / name).convert("RGB")
-        w, h = photo.size
-        for im in (photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-                   photo.crop((w // 6, h // 6, w - w // 5, h - h // 5))):
-            tensors.append(seg.prepare(im))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(tensors)
-
-        def get_next(self):
-            t = next(self.it, None)
-            return None if t is None else {seg.input_name: t}
-
-    sigmoid = [n.name for n in onnx.load(pre).graph.node if n.op_type == "Sigmoid"]
-    outlier = ["Conv_765", "Relu_766", "Resize_785", "Concat_786", "Conv_787"]
-    head = ["Concat_1046", "Conv_1047", *sigmoid]
-    # Quantized alone, each of these takes the worst IoU under 0.99 (787, 765
-    # and 1047 too, excluded above already).
-    sensitive = ["Conv_0", "Conv_2", "Conv_5", "Conv_8", "Conv_136", "Conv_138", "Conv_920"]
-    cache = work / "calibration.json"
-    out = {}
-    for name, exclude in (("every op int8", None),
-                          ("all but outlier path + head", outlier + head),
-                          ("... and 7 sensitive convs fp32", outlier + head + sensitive)):
-        path = work / f"int8-{len(out)}.onnx"
-        quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibration_cache_path=str(cache))
-        out[name] = path
-    return out
-
-
 def row_int8(b: Bench) -> None:
     """Issue #14: int8 u2netp against fp32 (not shipped: no variant keeps the masks).
 
-    Masks: IoU (cut at half) and mean absolute difference at full size, worst
-    over 12 photos; speed: fp32 and int8 sessions alternated in this process."""
-    from bgrm.models import REGISTRY, ResolvedModel
-    from bgrm.segment import Segmenter
+    The variants of bench/int8_study.py (which also judges a folder of other
+    photos and prints per-layer sensitivity): masks by IoU (cut at half) and
+    mean absolute difference at full size, worst over the 12 fixture photos;
+    speed: fp32 and int8 sessions alternated in this process."""
+    import int8_study as study
 
-    fp32 = ROOT / "bgrm" / "assets" / "u2netp.onnx"
-    photos = []
-    for name in PHOTOS:
-        im = Image.open(FIXTURES / name).convert("RGB")
-        w, h = im.size
-        photos += [im, im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-                   im.crop((w // 8, h // 10, w - w // 6, h - h // 12))]
-    ref = Segmenter(ResolvedModel(REGISTRY["u2netp"], fp32), "cpu")
-    ref_masks = [np.asarray(ref.mask(p), dtype=np.int16) for p in photos]
-    tensor = ref.prepare(photos[0])
-    for name, path in _int8_variants(b.work).items():
-        seg = Segmenter(ResolvedModel(REGISTRY["u2netp"], path), "cpu")
-        worst_iou, worst_mad = 1.0, 0.0
-        for photo, r in zip(photos, ref_masks, strict=True):
-            m = np.asarray(seg.mask(photo), dtype=np.int16)
-            x, y = m >= 128, r >= 128
-            worst_iou = min(worst_iou, (x & y).sum() / max((x | y).sum(), 1))
-            worst_mad = max(worst_mad, float(np.abs(m - r).mean()))
-        times = {ref: [], seg: []}
-        for _ in range(max(b.reps, 3)):
-            for s in (ref, seg):
-                start = time.perf_counter()
-                for _ in range(3):
-                    s.predict(tensor)
-                times[s].append((time.perf_counter() - start) / 3)
-        t32, t8 = statistics.median(times[ref]), statistics.median(times[seg])
+    photos = study.photos_from([FIXTURES / name for name in PHOTOS])
+    ref = study.segmenter(study.FP32)
+    refs = [np.asarray(ref.mask(p), dtype=np.int16) for _, p in photos]
+    tensors = study.calibration_tensors()
+    for name, path in study.variants(b.work, tensors):
+        result = study.judge(path, photos, refs)
+        worst_iou = min(i for i, _ in result)
+        worst_mad = max(m for _, m in result)
+        t32, t8 = study.speed(path, tensors[0], reps=max(b.reps, 3))
         b.table.add(f"int8 u2netp: {name}", f"{t8 * 1000:.0f} ms; IoU {worst_iou:.3f}, "
                     f"MAD {worst_mad:.1f}", f"{t32 * 1000:.0f} ms (fp32)",
                     f"{t32 / t8:.2f}x faster", ">= 1.5x; IoU >= 0.98, MAD <= 4",
