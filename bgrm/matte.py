@@ -107,19 +107,19 @@ def _unknown_box(tri: np.ndarray) -> tuple[slice, slice] | None:
 
 
 class Memory:
-    """What one video frame's matte leaves for the next (bgrm.video).
+    """What one video frame's matte leaves for a later one (bgrm.video).
 
-    Consecutive frames give nearly the same system: the last alpha (at solve
-    size) is a conjugate-gradient start a few iterations nearer the answer,
-    and the diagonal shift the incomplete Cholesky factor needed last time is
-    where to begin, instead of failing at shift 0 again first (a failed try
+    Consecutive frames give nearly the same system: an earlier frame's alpha
+    (at solve size) is a conjugate-gradient start a few iterations nearer the
+    answer, and the diagonal shift the incomplete Cholesky factor needed there
+    is where to begin, instead of failing at shift 0 again first (a failed try
     costs about as much as the factor itself: ~1 s on a 640x360 frame with a
-    wide band). Shared by the matting threads; each field is replaced whole.
+    wide band). One per frame, handed out by ``Chain``.
     """
 
-    def __init__(self):
-        self.alpha: np.ndarray | None = None
-        self.shift = 0.0
+    def __init__(self, alpha: np.ndarray | None = None, shift: float = 0.0):
+        self.alpha = alpha
+        self.shift = shift
 
     def preconditioner(self, matrix):
         from pymatting import ichol
@@ -143,6 +143,44 @@ class Memory:
             self.shift = shift
             return lambda r: factor(r[order])[inverse]
         raise ValueError("incomplete Cholesky failed at every shift")
+
+
+class Chain:
+    """The order of a video's mattes: frame n starts from frame n - ``lag``'s
+    answer, waiting for it while it is still being solved.
+
+    Frames are matted on ``lag`` threads at once. Starting from whichever
+    frame happened to finish last made the start, and so the converged
+    matte, depend on the threads' timing: two runs of one clip differed by
+    up to 199 levels of alpha on a frame. A fixed predecessor gives the same
+    bytes on every run; with ``lag`` threads it is the frame submitted
+    ``lag`` before, already running when frame n starts, so little is waited.
+    """
+
+    def __init__(self, lag: int):
+        self.lag = lag
+        self._count = 0
+        self._done: dict[int, Memory] = {}
+        self._cond = threading.Condition()
+
+    def ticket(self) -> int:
+        """The next frame's number; asked in frame order (one thread)."""
+        self._count += 1
+        return self._count - 1
+
+    def start(self, ticket: int) -> Memory:
+        if ticket < self.lag:
+            return Memory()
+        with self._cond:
+            self._cond.wait_for(lambda: ticket - self.lag in self._done)
+            before = self._done.pop(ticket - self.lag)
+        return Memory(before.alpha, before.shift)
+
+    def end(self, ticket: int, memory: Memory | None) -> None:
+        """Frame ``ticket`` is done (or failed: a later frame starts afresh)."""
+        with self._cond:
+            self._done[ticket] = memory or Memory()
+            self._cond.notify_all()
 
 
 # pymatting's own sequence of diagonal shifts for ichol.
