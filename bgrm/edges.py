@@ -30,6 +30,7 @@ _DECONTAMINATE_MARGIN = 16
 # Alpha from which a pixel's colour is taken as the subject's own (95%) when
 # decontaminate bounds the hue: a feathered mask may have no pixel at 255.
 _SUBJECT = 242
+_SUBJECT_INSET = 5  # pixels at the estimate's scale (an n x n erosion)
 # What counts as subject for --crop: alpha above 8/255 (3%). Lower would keep
 # the faint haze a network leaves far from the subject; higher would cut the
 # tips of hair.
@@ -171,7 +172,7 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     (``_bound_hue``); its brightness is the unmixing's, so a lighter or
     darker strand keeps it.
     """
-    from bgrm.matte import _FOREGROUND_LOCK, _pymatting, _resize
+    from bgrm.matte import _FOREGROUND_LOCK, _erode, _pymatting, _resize
 
     soft = (alpha > 0) & (alpha < 255)
     box = _soft_box(soft)
@@ -190,7 +191,9 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     small_rgb = _resize(sub_rgb, small, Image.Resampling.BOX if scale < 1
                         else Image.Resampling.BILINEAR)
     small_alpha = _resize(sub_alpha, small)
-    opaque = small_alpha >= _SUBJECT
+    # The subject's own colour comes from its opaque pixels a few pixels in
+    # from the edge: the mask's outer rim of "opaque" pixels still holds spill.
+    opaque = _erode(small_alpha >= _SUBJECT, _SUBJECT_INSET, border=False)
     _, estimate_foreground_ml = _pymatting()
     with _FOREGROUND_LOCK:
         f, b = estimate_foreground_ml(small_rgb / 255.0, small_alpha / 255.0,
@@ -225,12 +228,46 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
     for r0 in range(0, bh, _STRIP):
         strip(r0)
+    _remove_spill(out, soft[top:bottom, left:right], ref * 255, b * 255)
     return fg
 
 
 def _chroma(colour: np.ndarray) -> np.ndarray:
     """A colour less its grey (the mean of its channels): its hue and saturation."""
-    return colour - colour.mean(axis=2, keepdims=True)
+    return colour - colour.mean(axis=-1, keepdims=True)
+
+
+# Below this distance (levels) between the background's chroma and the
+# subject's there is no direction to call the background's.
+_SPILL_MIN = 8.0
+
+
+def _remove_spill(out: np.ndarray, soft: np.ndarray, reference: np.ndarray,
+                  background: np.ndarray) -> None:
+    """Take out of each soft pixel of ``out`` the chroma that lies beyond the
+    subject's own towards the old background's (in place).
+
+    Where the network's alpha is above the true coverage (a valley between
+    strands that the mask fills), the unmixing removes only (1-a) of a
+    background that holds more of the pixel, and green is left where the
+    colour should be the fur's. The background (B of the estimate) and the
+    subject's colour (the reference) are both smooth, brought to full size
+    bilinearly at the soft pixels only; the part of a pixel's chroma along
+    B - reference, past the reference, is removed; its brightness stays.
+    """
+    ys, xs = np.nonzero(soft)
+    if not ys.size:
+        return
+    from bgrm.matte import _sample_bilinear
+
+    size = (soft.shape[1], soft.shape[0])
+    ref = _chroma(_sample_bilinear(reference, ys, xs, size))
+    away = _chroma(_sample_bilinear(background, ys, xs, size)) - ref
+    length = np.linalg.norm(away, axis=1, keepdims=True)
+    away = np.divide(away, length, out=np.zeros_like(away), where=length > _SPILL_MIN)
+    pixels = out[ys, xs].astype(np.float32)
+    past = np.maximum(((_chroma(pixels) - ref) * away).sum(axis=1, keepdims=True), 0)
+    out[ys, xs] = np.clip(pixels - past * away + 0.5, 0, 255).astype(np.uint8)
 
 
 def _bound_hue(delta: np.ndarray, rgb: np.ndarray, alpha: np.ndarray,

@@ -122,6 +122,10 @@ def test_decontaminate_on_the_cli_cuts_the_fringe_and_keeps_opaque_pixels(bgrm, 
     # (unbounded, ~10% of the soft pixels went more than 20 past it).
     magenta = past_the_cat(clean[..., :3], chelsea)[soft]
     assert (magenta > 20).mean() < 0.01, (magenta > 20).mean()
+    # Where the network's alpha is above the true coverage (valleys between
+    # strands), unmixing alone leaves green (2.7% of the soft pixels above 30).
+    green_left = (excess(clean[..., :3])[soft] > 30).mean()
+    assert green_left < 0.002, green_left
     cat = soft & (alpha > 0)
     error = {k: np.abs(v[..., :3].astype(int) - chelsea)[cat].mean()
              for k, v in (("plain", plain), ("clean", clean))}
@@ -145,9 +149,12 @@ def test_decontaminate_is_rembgs_estimate_except_where_rembg_overshoots(composit
     ours = edges.decontaminate(rgb, mask)
     soft = (mask > 0) & (mask < 255)
     diff = np.abs(ours.astype(int) - theirs).sum(axis=2) / 3
-    fair = soft & (past_the_cat(theirs, chelsea) <= 5)
+    # Where rembg's colour neither swings past the cat's to magenta nor keeps
+    # green (bgrm takes out the spill the unmixing leaves: see the CLI test).
+    left = np.maximum(0, excess(theirs) - excess(chelsea))
+    fair = soft & (past_the_cat(theirs, chelsea) <= 5) & (left <= 5)
     assert fair.sum() > 0.7 * soft.sum()
-    assert diff[fair].mean() <= 1.6, diff[fair].mean()  # of 255
+    assert diff[fair].mean() <= 1.0, diff[fair].mean()  # of 255 (measured 0.46)
     over = soft & (past_the_cat(theirs, chelsea) > 20)
     assert over.sum() > 0.02 * soft.sum()  # rembg overshoots here: the case exists
     assert (past_the_cat(ours, chelsea)[over] > 20).mean() < 0.05
