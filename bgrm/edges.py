@@ -203,6 +203,7 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
                if opaque.any() else f)
     delta = ((f - b) * 255).astype(np.float32)
     delta = _bound_hue(delta, small_rgb, small_alpha, ref * 255)
+    spill = _Spill(ref * 255, b * 255)
     # Bilinear upscaling, separable: across first (small rows x box width),
     # then each strip of full-size rows, so no full-size float image is held.
     # In-place arithmetic: this loop is most of the step's time at 12 MP.
@@ -210,6 +211,9 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     across = delta[:, x0] * (1 - fx)[None, :, None]
     across += delta[:, x1] * fx[None, :, None]
     y0, y1, fy = _bilinear_taps(bh, delta.shape[0])
+    # The estimate's pixel nearest each full-size row and column.
+    near_y = np.round(y0 + fy).astype(np.intp)
+    runs = np.bincount(np.round(x0 + fx).astype(np.intp), minlength=delta.shape[1])
     out = fg[top:bottom, left:right]
 
     def strip(r0: int) -> None:
@@ -221,6 +225,7 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         colour += step  # (F - B) * 255 at full size
         colour *= (255 - sub_alpha[r0:r1, :, None]).astype(np.float32) * (1 / 255)
         colour += sub_rgb[r0:r1]
+        spill.remove(colour, near_y[r0:r1], runs)
         colour += 0.5
         np.clip(colour, 0, 255, out=colour)
         np.copyto(out[r0:r1], colour.astype(np.uint8),
@@ -228,7 +233,6 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
     for r0 in range(0, bh, _STRIP):
         strip(r0)
-    _remove_spill(out, soft[top:bottom, left:right], ref * 255, b * 255)
     return fg
 
 
@@ -240,34 +244,51 @@ def _chroma(colour: np.ndarray) -> np.ndarray:
 # Below this distance (levels) between the background's chroma and the
 # subject's there is no direction to call the background's.
 _SPILL_MIN = 8.0
+# A colour this far past the subject's chroma (levels, towards the old
+# background's) is still taken as the subject's own.
+_SPILL_KEEP = 5.0
 
 
-def _remove_spill(out: np.ndarray, soft: np.ndarray, reference: np.ndarray,
-                  background: np.ndarray) -> None:
-    """Take out of each soft pixel of ``out`` the chroma that lies beyond the
-    subject's own towards the old background's (in place).
+class _Spill:
+    """The old background's colour left in soft pixels where the network's alpha
+    is above the true coverage, and its removal.
 
-    Where the network's alpha is above the true coverage (a valley between
-    strands that the mask fills), the unmixing removes only (1-a) of a
-    background that holds more of the pixel, and green is left where the
-    colour should be the fur's. The background (B of the estimate) and the
-    subject's colour (the reference) are both smooth, brought to full size
-    bilinearly at the soft pixels only; the part of a pixel's chroma along
-    B - reference, past the reference, is removed; its brightness stays.
+    There (valleys between strands that the mask fills) unmixing removes only
+    (1-a) of a background that holds more of the pixel, and green stays where
+    the colour should be the fur's. The part of a pixel's chroma that lies
+    more than ``_SPILL_KEEP`` past the subject's own (the reference) towards
+    the old background's (B of the estimate) is taken out; its brightness
+    stays (the direction sums to 0 over the channels). Both are smooth: they
+    are read at the estimate's pixel nearest each full-size pixel.
     """
-    ys, xs = np.nonzero(soft)
-    if not ys.size:
-        return
-    from bgrm.matte import _sample_bilinear
 
-    size = (soft.shape[1], soft.shape[0])
-    ref = _chroma(_sample_bilinear(reference, ys, xs, size))
-    away = _chroma(_sample_bilinear(background, ys, xs, size)) - ref
-    length = np.linalg.norm(away, axis=1, keepdims=True)
-    away = np.divide(away, length, out=np.zeros_like(away), where=length > _SPILL_MIN)
-    pixels = out[ys, xs].astype(np.float32)
-    past = np.maximum(((_chroma(pixels) - ref) * away).sum(axis=1, keepdims=True), 0)
-    out[ys, xs] = np.clip(pixels - past * away + 0.5, 0, 255).astype(np.uint8)
+    def __init__(self, subject: np.ndarray, background: np.ndarray):
+        # Channel by channel (numpy's reductions over an axis of 3 are slow).
+        away = [background[..., c] - subject[..., c] for c in range(3)]
+        grey = (away[0] + away[1] + away[2]) / 3
+        away = [a - grey for a in away]  # the chroma of B less the subject's
+        length = np.sqrt(away[0] ** 2 + away[1] ** 2 + away[2] ** 2)
+        scale = np.divide(1.0, length, out=np.zeros_like(length), where=length > _SPILL_MIN)
+        unit = [a * scale for a in away]
+        # Per estimate pixel, as four planes: the unit direction, and how far
+        # along it a colour may go (the subject's own place plus the tolerance;
+        # the unit sums to 0, so a colour's own place is its chroma's).
+        limit = sum(subject[..., c] * unit[c] for c in range(3)) + _SPILL_KEEP
+        self.planes = [np.ascontiguousarray(p, dtype=np.float32) for p in (*unit, limit)]
+
+    def remove(self, colour: np.ndarray, near_y: np.ndarray, runs: np.ndarray) -> None:
+        """In place, on a strip of full-size rows: ``near_y`` their estimate rows,
+        ``runs`` how many full-size columns each estimate column is nearest to."""
+        # Whole rows repeated: contiguous copies, no per-pixel gathers.
+        *unit, limit = (np.repeat(p[near_y], runs, axis=1) for p in self.planes)
+        past = colour[..., 0] * unit[0]
+        past += colour[..., 1] * unit[1]
+        past += colour[..., 2] * unit[2]
+        past -= limit
+        np.maximum(past, 0, out=past)
+        for c in range(3):
+            unit[c] *= past
+            colour[..., c] -= unit[c]
 
 
 def _bound_hue(delta: np.ndarray, rgb: np.ndarray, alpha: np.ndarray,
