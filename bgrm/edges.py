@@ -170,7 +170,8 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     the same estimate with alpha 1 there and 0 elsewhere. The correction may
     move a pixel's chroma towards that reference's, never past it
     (``_bound_hue``); its brightness is the unmixing's, so a lighter or
-    darker strand keeps it.
+    darker strand keeps it. Where the alpha is above the true coverage the
+    opposite happens, background is left, and ``_Spill`` takes it out.
     """
     from bgrm.matte import _FOREGROUND_LOCK, _erode, _pymatting, _resize
 
@@ -238,7 +239,7 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def _chroma(colour: np.ndarray) -> np.ndarray:
     """A colour less its grey (the mean of its channels): its hue and saturation."""
-    return colour - colour.mean(axis=-1, keepdims=True)
+    return colour - colour.mean(axis=2, keepdims=True)
 
 
 # Below this distance (levels) between the background's chroma and the
