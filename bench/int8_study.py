@@ -149,6 +149,13 @@ def gptq_round(w: np.ndarray, scale: np.ndarray, hessian: np.ndarray, damp: floa
     return q.reshape(w.shape).astype(np.int8)
 
 
+def on_int8_grid(w: np.ndarray) -> np.ndarray:
+    """Conv weights rounded to onnxruntime's per-channel symmetric int8 grid
+    (scale = the row's largest magnitude / 127), back in float32."""
+    s = np.abs(w).reshape(len(w), -1).max(1)[:, None, None, None] / 127
+    return (np.round(w / np.where(s > 0, s, 1)) * s).astype(np.float32)
+
+
 def quantized(pre: Path, dst: Path, tensors, exclude=()) -> Path:
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -278,9 +285,7 @@ def sensitivity(pre: Path, photos, refs) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in [n for n in model.graph.node if n.op_type == "Conv"]:
             w = numpy_helper.to_array(init[n.input[1]])
-            s = np.abs(w).reshape(len(w), -1).max(1)[:, None, None, None] / 127
-            fq = (np.round(w / np.where(s > 0, s, 1)) * s).astype(np.float32)
-            init[n.input[1]].CopyFrom(numpy_helper.from_array(fq, n.input[1]))
+            init[n.input[1]].CopyFrom(numpy_helper.from_array(on_int8_grid(w), n.input[1]))
             onnx.save(model, Path(tmp) / "one.onnx")
             init[n.input[1]].CopyFrom(numpy_helper.from_array(w, n.input[1]))
             r = judge(Path(tmp) / "one.onnx", photos, refs)
@@ -380,9 +385,7 @@ def weights_only(pre: Path, dst: Path) -> Path:
     for i in model.graph.initializer:
         if i.name in convs:
             w = numpy_helper.to_array(i)
-            s = np.abs(w).reshape(len(w), -1).max(1)[:, None, None, None] / 127
-            i.CopyFrom(numpy_helper.from_array(
-                (np.round(w / np.where(s > 0, s, 1)) * s).astype(np.float32), i.name))
+            i.CopyFrom(numpy_helper.from_array(on_int8_grid(w), i.name))
     onnx.save(model, dst)
     return dst
 

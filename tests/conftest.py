@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -24,6 +26,22 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory):
+    """``make(scale)``: a new folder with the four fixture photos and rocket.jpg
+    upscaled ``scale`` times as rocket_x{scale}.png (a large photo's resize path)."""
+    def make(scale: int) -> Path:
+        folder = tmp_path_factory.mktemp(f"photos-x{scale}")
+        for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"):
+            shutil.copy(FIXTURES / name, folder / name)
+        rocket = Image.open(FIXTURES / "rocket.jpg").convert("RGB")
+        rocket.resize((rocket.width * scale, rocket.height * scale),
+                      Image.Resampling.BICUBIC).save(folder / f"rocket_x{scale}.png")
+        return folder
+
+    return make
 
 
 @pytest.fixture

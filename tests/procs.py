@@ -24,6 +24,26 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 TMP_MARK = ".bgrm-tmp-"
 
+# A process that runs this (a sitecustomize.py, or exec on a Dask worker) never
+# finishes decoding an image whose name holds "hang": --timeout's case.
+HANG_HOOK = '''
+"""Test hook: decoding an image whose name holds "hang" never ends."""
+import time
+
+import bgrm.image
+
+_real = bgrm.image.decode
+
+
+def _decode(data, name):
+    if "hang" in str(name):
+        time.sleep(3600)
+    return _real(data, name)
+
+
+bgrm.image.decode = _decode
+'''
+
 
 def bgrm_argv(*args) -> list:
     return [sys.executable, "-m", "bgrm", *(a if isinstance(a, bytes) else str(a) for a in args)]

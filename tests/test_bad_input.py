@@ -196,6 +196,36 @@ def test_same_stems_into_one_folder_never_overwrite(tmp_path, env, fixtures):
 
 
 
+def _fuzz(hypothesis, seeds: dict, src: Path, dst: Path, process, *, examples: int,
+          seconds: int, errors: type, written=None, after=None) -> None:
+    """Random bytes and mutations of ``seeds`` written to ``src``, then ``process()``:
+    it either fails with one line naming ``src`` and leaves no ``dst``, or writes
+    ``dst`` (``written()`` checks it); never anything else in dst's folder."""
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=examples, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(st.one_of(st.binary(max_size=512), _mutations(st, seeds)))
+    def check(data):
+        src.write_bytes(data)
+        dst.unlink(missing_ok=True)
+        with _time_limit(seconds):
+            try:
+                process()
+            except errors as exc:
+                message = str(exc)
+                assert message.startswith(f"{src}: ") and "\n" not in message, message
+                assert not dst.exists()
+            else:
+                if written is not None:
+                    written()
+        assert [p.name for p in dst.parent.iterdir()] in ([], [dst.name])
+        if after is not None:
+            after()
+
+    check()
+
+
 class _StubSegmenter:
     """The model's place in the fuzz: a mask of the right size, instantly."""
 
@@ -205,38 +235,23 @@ class _StubSegmenter:
 
 def test_fuzz_image_entry_point(tmp_path):
     hypothesis = pytest.importorskip("hypothesis")
-    st = hypothesis.strategies
 
     from bgrm.errors import InputError
     from bgrm.image import process_file
     from bgrm.options import ImageOptions
 
     seeds = _seeds()
-
-
     src = tmp_path / "fuzz.png"
     dst = tmp_path / "out" / "fuzz_processed.png"
     dst.parent.mkdir()
 
-    @hypothesis.settings(max_examples=400, deadline=None, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
-    @hypothesis.given(st.one_of(st.binary(max_size=512), _mutations(st, seeds)))
-    def check(data):
-        src.write_bytes(data)
-        dst.unlink(missing_ok=True)
-        with _time_limit(20):
-            try:
-                process_file(src, dst, ImageOptions(), _StubSegmenter())
-            except InputError as exc:
-                message = str(exc)
-                assert message.startswith(f"{src}: ") and "\n" not in message, message
-                assert not dst.exists()
-            else:
-                with Image.open(dst) as im:
-                    im.load()
-        assert [p.name for p in dst.parent.iterdir()] in ([], [dst.name])
+    def written():
+        with Image.open(dst) as im:
+            im.load()
 
-    check()
+    _fuzz(hypothesis, seeds, src, dst, lambda: process_file(src, dst, ImageOptions(),
+                                                            _StubSegmenter()),
+          examples=400, seconds=20, errors=InputError, written=written)
 
 
 # ------------------------------------------------------------------ video
@@ -286,7 +301,6 @@ class _StubVideoSegmenter:
 def test_fuzz_video_entry_point(tmp_path):
     hypothesis = pytest.importorskip("hypothesis")
     pytest.importorskip("bgrm.video.pipeline")
-    st = hypothesis.strategies
 
     from bgrm.errors import BgrmError
     from bgrm.options import VideoOptions
@@ -304,20 +318,9 @@ def test_fuzz_video_entry_point(tmp_path):
     dst.parent.mkdir()
     opts = VideoOptions(frame_limit=2)
 
-    @hypothesis.settings(max_examples=60, deadline=None, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
-    @hypothesis.given(st.one_of(st.binary(max_size=512), _mutations(st, seeds)))
-    def check(data):
-        src.write_bytes(data)
-        dst.unlink(missing_ok=True)
-        with _time_limit(30):
-            try:
-                process_file(src, dst, opts, _StubVideoSegmenter())
-            except BgrmError as exc:
-                message = str(exc)
-                assert message.startswith(f"{src}: ") and "\n" not in message, message
-                assert not dst.exists()
-        assert [p.name for p in dst.parent.iterdir()] in ([], [dst.name])
+    def nothing_running():
         assert not _live_children()  # no ffmpeg left running
 
-    check()
+    _fuzz(hypothesis, seeds, src, dst, lambda: process_file(src, dst, opts,
+                                                            _StubVideoSegmenter()),
+          examples=60, seconds=30, errors=BgrmError, after=nothing_running)

@@ -86,13 +86,25 @@ def test_full_disk_leaves_no_partial_file(tmp_path, env, fixtures):
     assert Path(f"{out}.list").read_text().split() == ["dot_processed.png"]
 
 
+def _chelsea_fails_coffee_is_written(fixtures, out: Path) -> dict:
+    """chelsea and coffee through the CLI in this process (where the test's
+    patches hold): exit 1, only coffee's output; the --json report."""
+    from click.testing import CliRunner
+
+    from bgrm.cli import cli
+
+    result = CliRunner().invoke(cli, ["image", str(fixtures / "chelsea.png"),
+                                      str(fixtures / "coffee.png"), "-o", str(out),
+                                      "--jobs", "1", "--json"])
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["coffee_processed.png"]
+    return json.loads(result.stdout)
+
+
 def test_full_disk_simulated(tmp_path, models_home, fixtures, monkeypatch):
     """ENOSPC in the middle of writing (in-process): a clean error, no file left,
     and the next file, which fits, is still written."""
-    from click.testing import CliRunner
-
     import bgrm.image
-    from bgrm.cli import cli
 
     real_encode = bgrm.image.encode_png
     calls = []
@@ -107,24 +119,16 @@ def test_full_disk_simulated(tmp_path, models_home, fixtures, monkeypatch):
 
     monkeypatch.setattr(bgrm.image, "encode_png", encode_on_a_full_disk)
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["image", str(fixtures / "chelsea.png"),
-                                      str(fixtures / "coffee.png"), "-o", str(out),
-                                      "--jobs", "1", "--json"])
-    assert result.exit_code == 1, result.output
+    report = _chelsea_fails_coffee_is_written(fixtures, out)
     assert TMP_MARK in calls[0].name  # it was writing the temporary, not the output
-    report = json.loads(result.stdout)
     assert [f["error"] for f in report["failed"]] == [
         f"{out / 'chelsea_processed.png'}: cannot write: no space left on the device"]
-    assert sorted(p.name for p in out.iterdir()) == ["coffee_processed.png"]
     finished_outputs(out)
 
 
 def test_out_of_memory_in_one_file(tmp_path, models_home, fixtures, monkeypatch):
     """MemoryError (a big image on a small machine) fails that file only."""
-    from click.testing import CliRunner
-
     import bgrm.image
-    from bgrm.cli import cli
 
     real_render = bgrm.image.render
 
@@ -135,14 +139,8 @@ def test_out_of_memory_in_one_file(tmp_path, models_home, fixtures, monkeypatch)
 
     monkeypatch.setattr(bgrm.image, "render", render)
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["image", str(fixtures / "chelsea.png"),
-                                      str(fixtures / "coffee.png"), "-o", str(out),
-                                      "--jobs", "1", "--json"])
-    assert result.exit_code == 1, result.output
-    report = json.loads(result.stdout)
+    report = _chelsea_fails_coffee_is_written(fixtures, out)
     assert [f["error"] for f in report["failed"]] == [f"{fixtures / 'chelsea.png'}: out of memory"]
-    assert sorted(p.name for p in out.iterdir()) == ["coffee_processed.png"]
-
 
 
 @needs_mount_namespace

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import HANG_HOOK
 
 from bgrm.models import ASSETS
 from bgrm.run.cluster import PLUGIN_NAME
@@ -188,23 +189,11 @@ def test_hung_task_times_out_alone_and_its_worker_is_restarted(bgrm, fixtures, t
                                                                 cluster):
     address, client = cluster
 
-    def hang_on(dask_worker):
-        """On each worker: decoding an image named "hang..." never ends."""
-        import time
-
-        import bgrm.image
-
-        real = bgrm.image.decode
-
-        def decode(data, name):
-            if "hang" in str(name):
-                time.sleep(3600)
-            return real(data, name)
-
-        bgrm.image.decode = decode
+    def hang_on(source):
+        exec(source, {"__name__": "hang_hook"})  # the same hook the local runs load
         return os.getpid()
 
-    pids = set(client.run(hang_on).values())
+    pids = set(client.run(hang_on, HANG_HOOK).values())
     try:
         for name in ("a.png", "hang.png", "c.png"):
             shutil.copy(fixtures / "chelsea.png", tmp_path / name)

@@ -13,7 +13,15 @@ import threading
 import time
 
 import pytest
-from procs import TESTS, TMP_MARK, _names, assert_no_orphans, finished_outputs, start
+from procs import (
+    HANG_HOOK,
+    TESTS,
+    TMP_MARK,
+    _names,
+    assert_no_orphans,
+    finished_outputs,
+    start,
+)
 
 from bgrm.api import Session
 from bgrm.options import ImageOptions
@@ -149,23 +157,6 @@ def test_results_in_input_order_and_skip_existing(tmp_path, fixtures, models_hom
 
 # -- the CLI: --timeout ------------------------------------------------------------------
 
-HANG_HOOK = '''
-"""Test hook: decoding an image whose name holds "hang" never ends."""
-import time
-
-import bgrm.image
-
-_real = bgrm.image.decode
-
-
-def _decode(data, name):
-    if "hang" in str(name):
-        time.sleep(3600)
-    return _real(data, name)
-
-
-bgrm.image.decode = _decode
-'''
 
 
 @pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]], ids=["inline", "processes"])

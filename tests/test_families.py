@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import socket
 import sys
 
@@ -41,14 +40,8 @@ REFERENCE = {"u2net": "u2net_custom", "isnet": "dis_custom", "birefnet": "birefn
 
 
 @pytest.fixture(scope="module")
-def photos(fixtures, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("family-photos")
-    for name in PHOTOS:
-        shutil.copy(fixtures / name, folder / name)
-    rocket = Image.open(fixtures / "rocket.jpg").convert("RGB")
-    rocket.resize((rocket.width * 5, rocket.height * 5), Image.Resampling.BICUBIC).save(
-        folder / UPSCALED)
-    return folder
+def photos(photo_folder):
+    return photo_folder(5)  # PHOTOS and UPSCALED
 
 
 @pytest.fixture

@@ -26,14 +26,8 @@ MAX_MAD = 4 / 255
 
 
 @pytest.fixture(scope="module")
-def photos(fixtures, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("parity-in")
-    for name in PHOTOS:
-        shutil.copy(fixtures / name, folder / name)
-    rocket = Image.open(fixtures / "rocket.jpg").convert("RGB")
-    rocket.resize((rocket.width * 3, rocket.height * 3), Image.Resampling.BICUBIC).save(
-        folder / UPSCALED)
-    return folder
+def photos(photo_folder):
+    return photo_folder(3)  # PHOTOS and UPSCALED
 
 
 @pytest.fixture(scope="module")
