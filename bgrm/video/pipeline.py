@@ -59,11 +59,19 @@ class MaskFilter:
         self._thumb: np.ndarray | None = None
         self.cuts: list[int] = []  # frame indices where the smoothing started afresh
 
-    def __call__(self, mask: np.ndarray, frame: Frame) -> np.ndarray:
+    @classmethod
+    def thumbnail(cls, picture: Image.Image) -> np.ndarray:
+        """The frame's motion thumbnail (float32 0..1)."""
+        return np.asarray(picture.resize((cls.THUMB, cls.THUMB), Image.Resampling.BOX),
+                          dtype=np.float32) / 255.0
+
+    def __call__(self, mask: np.ndarray, frame: Frame,
+                 thumb: np.ndarray | None = None) -> np.ndarray:
+        """``thumb``: ``thumbnail`` of the frame, when the caller already made it."""
         if self.strength <= 0:
             return mask
-        thumb = np.asarray(Image.fromarray(frame.rgb).resize(
-            (self.THUMB, self.THUMB), Image.Resampling.BOX), dtype=np.float32) / 255.0
+        if thumb is None:
+            thumb = self.thumbnail(Image.fromarray(frame.rgb))
         new = mask.astype(np.float32) / 255.0
         prev, self._thumb = self._thumb, thumb
         if prev is None or self._state is None or self._state.shape != new.shape:
@@ -98,6 +106,7 @@ def matting_threads() -> int:
 class _Work:
     frame: Frame
     tensor: np.ndarray | None = None
+    thumb: np.ndarray | None = None  # MaskFilter's, made with the tensor
     small: np.ndarray | None = None
 
 
@@ -352,7 +361,10 @@ class _FileRun:
     # -- the per-frame stages ----------------------------------------------------------
 
     def prepare(self, frame: Frame) -> _Work:
-        return _Work(frame, tensor=self.segmenter.prepare(Image.fromarray(frame.rgb)))
+        # One Pillow copy of the frame for the model's input and the smoothing's thumbnail.
+        picture = Image.fromarray(frame.rgb)
+        thumb = self.mask_filter.thumbnail(picture) if self.mask_filter.strength > 0 else None
+        return _Work(frame, tensor=self.segmenter.prepare(picture), thumb=thumb)
 
     def infer(self, work: _Work) -> _Work:
         work.small, work.tensor = self.segmenter.predict(work.tensor), None
@@ -360,7 +372,7 @@ class _FileRun:
 
     def finish(self, work: _Work) -> tuple[object, float] | None:
         frame = work.frame
-        small = self.mask_filter(work.small, frame)
+        small = self.mask_filter(work.small, frame, work.thumb)
         if self.cut is not None and self.cut.warming(frame):
             return None  # before the range: it only carried the smoothing this far
         h, w = frame.rgb.shape[:2]
