@@ -6,7 +6,8 @@ Every comparison alternates the two commands, repeats them, and takes medians,
 so the machine's noise hits both sides alike. Peak memory is each command's
 own maximum resident set (its process tree's largest member), from wait4 in a
 small launcher process.
-Nothing here is asserted by `make test`; this prints the table of issue #6.
+Nothing here is asserted by `make test`; this prints the table: each
+ratio against rembg (or the floor) beside its target.
 """
 
 from __future__ import annotations
@@ -375,7 +376,7 @@ ROWS.append(row_video)
 
 
 def row_temporal(b: Bench) -> None:
-    """Issue #7: flicker with and without --temporal-smoothing, on pans over real photos.
+    """Flicker with and without --temporal-smoothing, on pans over real photos.
 
     The clips are tests/test_temporal.py's (noise and a JPEG pass per frame, so
     the per-frame masks jitter as on camera footage); the figures are read
@@ -401,7 +402,7 @@ def row_temporal(b: Bench) -> None:
 
 
 def row_video_matting(b: Bench) -> None:
-    """Issue #7: `bgrm video --alpha-matting` on the 640x360 pan, wall seconds per
+    """`bgrm video --alpha-matting` on the 640x360 pan, wall seconds per
     frame for the whole command (start, model, pymatting import, decode,
     inference, matting, encode: nothing subtracted)."""
     frames = 30
@@ -448,7 +449,7 @@ def _encode(fmt_name: str, frames: list, dst: Path, rate: int) -> tuple[float, f
 
 
 def row_video_formats(b: Bench) -> None:
-    """Issue #13: encoding alone, webm (VP9 + alpha) against mov (ProRes 4444), on
+    """Encoding alone, webm (VP9 + alpha) against mov (ProRes 4444), on
     the same 60 real cut-out frames of 640x360 (bgrm's own png_sequence of the
     pan), alternated; what the model costs is the same for both and left out."""
     frames = 60
@@ -474,7 +475,7 @@ ROWS.append(row_video_formats)
 
 
 def row_families(b: Bench) -> None:
-    """Issue #11: a 1024-input model against rembg on the same file, and video
+    """A 1024-input model against rembg on the same file, and video
     seconds per frame for a stand-in of each input size.
 
     Only u2netp's real weights exist here, so the 1024 rows run a stand-in with
@@ -527,7 +528,7 @@ ROWS.append(row_families)
 
 
 def row_edges(b: Bench) -> None:
-    """Issue #12: what --decontaminate costs on one 12 MP photo (time and peak
+    """What --decontaminate costs on one 12 MP photo (time and peak
     memory against the same run without it), and what --decontaminate and
     --crop (two passes) add per frame of the 640x360 clip, in CPU seconds."""
     if not b.quick:
@@ -584,7 +585,7 @@ def _ffmpeg_cpu(args: list[str], env: dict) -> float:
 
 
 def row_video_1080p(b: Bench) -> None:
-    """Issue #14: a 1080p pan to mov and to mp4_with_color against the CPU floor.
+    """A 1080p pan to mov and to mp4_with_color against the CPU floor.
 
     bgrm's steady rate is (frames - 1) over the time a whole clip takes beyond a
     one-frame run of the same command, so start-up (imports, model, ffmpeg)
@@ -635,7 +636,7 @@ def row_video_1080p(b: Bench) -> None:
 ROWS.append(row_video_1080p)
 
 
-# The compositing that issue #14 replaced (numpy over whole-frame uint16
+# The compositing that bgrm.compose replaced (numpy over whole-frame uint16
 # temporaries), kept as the reference compose.py must equal byte for byte and beat.
 def _over_numpy(fg, alpha, bg):
     a = alpha.astype(np.uint16)[..., None]
@@ -651,7 +652,7 @@ def _cutout_numpy(fg, alpha):
 
 
 def row_compose_1080p(b: Bench) -> None:
-    """Issue #14: cutout and over on a 1080p frame and a 12 MP photo, against the
+    """Cutout and over on a 1080p frame and a 12 MP photo, against the
     numpy formulas they replaced, alternated in this process; outputs equal."""
     from bgrm import compose
 
@@ -684,7 +685,7 @@ ROWS.append(row_compose_1080p)
 
 
 def row_int8(b: Bench) -> None:
-    """Issue #14: int8 u2netp against fp32 (not shipped: no variant keeps the masks).
+    """Int8 u2netp against fp32 (not shipped: no variant keeps the masks).
 
     The variants of bench/int8_study.py (which also judges a folder of other
     photos and prints per-layer sensitivity): masks by IoU (cut at half) and
@@ -711,7 +712,7 @@ ROWS.append(row_int8)
 
 
 def row_segments(b: Bench) -> None:
-    """Issue #16: one video split into segments on a loopback Dask cluster of 2
+    """One video split into segments on a loopback Dask cluster of 2
     workers against the same command run locally (the same cores: this shows
     what the split costs or gains here, not what more machines give)."""
     try:

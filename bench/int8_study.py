@@ -1,4 +1,4 @@
-"""Issue #14's int8 study of u2netp: what each technique does to the masks and the speed.
+"""The int8 study of u2netp: what each technique does to the masks and the speed.
 
     .venv/bin/python bench/int8_study.py [--photos DIR] [--more] [--sensitivity]
 

@@ -16,7 +16,14 @@ import click
 from bgrm import __version__
 from bgrm.errors import BgrmError, ExitStatus, ParameterError, first_line, unwind_on_termination
 from bgrm.models_cli import models
-from bgrm.options import PARAM_BY_NAME, PARAMS, from_params, params_for, parse_color
+from bgrm.options import (
+    EDGE_ORDER,
+    PARAM_BY_NAME,
+    PARAMS,
+    from_params,
+    params_for,
+    parse_color,
+)
 
 
 class ColorType(click.ParamType):
@@ -145,26 +152,34 @@ def cli():
     """Remove backgrounds from images and videos, offline, with U^2-Net, IS-Net, BiRefNet or BRIA models."""
 
 
-@cli.command()
-@job_options("image")
-@click.pass_context
-def image(ctx, **kwargs):
-    """Remove the background from images: files, folders, or - for stdin.
+# Said once here rather than in each edge flag's own help.
+_EDGE_STEPS = ("The edge steps (--post-process-mask, --mask-grow, --alpha-matting or --vitmatte, "
+               "--mask-feather, --decontaminate, --crop) always run in this order, whatever "
+               f"order their flags come in: {EDGE_ORDER}.")
+
+
+@cli.command(help=f"""Remove the background from images: files, folders, or - for stdin.
 
     Each INPUT gives <stem>_processed.png (or .webp, .jpg: --format) beside it
     (or in --output-dir).
-    """
+
+    {_EDGE_STEPS}
+    """)
+@job_options("image")
+@click.pass_context
+def image(ctx, **kwargs):
     _run(ctx, "image", kwargs)
 
 
-@cli.command()
+@cli.command(help=f"""Remove the background from videos, in one of nine output formats.
+
+    Each INPUT gives <stem>_processed.<ext> beside it (or in --output-dir).
+
+    {_EDGE_STEPS}
+    """)
 @job_options("video")
 @click.pass_context
 def video(ctx, **kwargs):
-    """Remove the background from videos, in one of nine output formats.
-
-    Each INPUT gives <stem>_processed.<ext> beside it (or in --output-dir).
-    """
     _run(ctx, "video", kwargs)
 
 

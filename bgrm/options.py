@@ -133,6 +133,9 @@ class Param:
         raise AssertionError(self.kind)
 
 
+# The edge steps' one order (bgrm.edges), whatever order the flags come in.
+EDGE_ORDER = ("model > post-process > grow/shrink > matting or ViTMatte > feather > "
+              "decontaminate > compose > crop")
 # Largest --mask-grow / --mask-feather: far beyond any edge, small enough that
 # a typo cannot run for minutes.
 _EDGE_PX = 500
@@ -181,37 +184,26 @@ PARAMS: tuple[Param, ...] = (
     Param("segment_seconds", "int", 30, "With --scheduler: a video longer than this is split "
           "into segments of at most S seconds, each on its own worker, joined frame-exact.",
           lo=1, hi=86_400, jobs=("video",)),
-    # Edge and cut controls (bgrm.edges). Each help names its place in the one
-    # order: model > post-process > grow/shrink > matting or ViTMatte > feather
-    # > decontaminate > compose > crop.
+    # Edge and cut controls (bgrm.edges), in the order they run (EDGE_ORDER,
+    # which each command's help states once).
     Param("post_process_mask", "bool", False,
-          "Clean the mask as rembg does (opening, blur, threshold: hard edge). "
-          "Order: model > [post-process] > grow > matting|ViTMatte > feather > "
-          "decontaminate > compose > crop."),
+          "Clean the mask as rembg does (opening, blur, threshold: a hard edge)."),
     Param("mask_grow", "int", 0,
-          "Move the mask's edge out by PX pixels (negative: in), at full size. "
-          "Order: model > post-process > [grow] > matting|ViTMatte > feather > "
-          "decontaminate > compose > crop.", lo=-_EDGE_PX, hi=_EDGE_PX),
+          "Move the mask's edge out by PX pixels (negative: in), at full size.",
+          lo=-_EDGE_PX, hi=_EDGE_PX),
     Param("vitmatte", "bool", False,
           "Refine the edge with ViTMatte (rembg's learned matting; uses --alpha-fg, "
-          "--alpha-bg, --alpha-erode; unmixes colour as --decontaminate). "
-          "Order: model > post-process > grow > [matting|ViTMatte] > feather > "
-          "decontaminate > compose > crop."),
+          "--alpha-bg, --alpha-erode; unmixes colour as --decontaminate)."),
     Param("vitmatte_model", "choice", None,
           "ViTMatte checkpoint (file in the models folder) [default: "
           f"{VITMATTE_DEFAULT}].", choices=VITMATTE_VARIANTS),
     Param("mask_feather", "int", 0,
-          "Soften the edge over about PX pixels each side (Gaussian, sigma PX/2). "
-          "Order: model > post-process > grow > matting|ViTMatte > [feather] > "
-          "decontaminate > compose > crop.", lo=0, hi=_EDGE_PX),
+          "Soften the edge over about PX pixels each side (Gaussian, sigma PX/2).",
+          lo=0, hi=_EDGE_PX),
     Param("decontaminate", "bool", False,
-          "Take the old background's colour out of soft edge pixels. "
-          "Order: model > post-process > grow > matting|ViTMatte > feather > "
-          "[decontaminate] > compose > crop."),
+          "Take the old background's colour out of soft edge pixels."),
     Param("crop", "bool", False,
-          "Cut the output to the subject's box (alpha > 8/255; one box per video). "
-          "Order: model > post-process > grow > matting|ViTMatte > feather > "
-          "decontaminate > compose > [crop]."),
+          "Cut the output to the subject's box (alpha > 8/255; one box per video)."),
     Param("crop_margin", "int", 0, "Pixels kept around the subject's box with --crop "
           "(clamped to the picture).", lo=0, hi=100_000),
 )

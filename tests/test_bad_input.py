@@ -1,5 +1,5 @@
 """Bad input never crashes a batch: each file gets a correct output or a one-line
-reason naming it (issue 5). The CLI runs for real in subprocesses (u2netp,
+reason naming it. The CLI runs for real in subprocesses (u2netp,
 bundled); the fuzzers call the image and video entry points directly."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Unwritable, read-only and full disks, and memory running out: a clean one-line
-error, no partial file, the other files still written (issue 5)."""
+error, no partial file, the other files still written."""
 
 from __future__ import annotations
 

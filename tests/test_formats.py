@@ -1,4 +1,4 @@
-"""The files people have and the files their tools take (issue 13).
+"""The files people have and the files their tools take.
 
 Inputs: HEIC (pillow-heif) and AVIF (Pillow's own) photos made here from the
 fixture photos with those libraries' encoders, rotated by EXIF and carrying a

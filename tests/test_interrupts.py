@@ -1,6 +1,6 @@
 """Ctrl-C, SIGTERM and killed workers end a run cleanly: exit status, no traceback,
 no process left, nothing half-written, and a --skip-existing rerun finishes the
-job (issue 5). Real processes, since signals and process groups are the point."""
+job. Real processes, since signals and process groups are the point."""
 
 from __future__ import annotations
 

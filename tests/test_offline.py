@@ -1,5 +1,5 @@
 """bgrm never touches the network while it works: any socket is refused and logged,
-in the main process and in the pool's workers (issue 5)."""
+in the main process and in the pool's workers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue #7: steady video masks (temporal smoothing, reset at scene cuts) and
+"""Steady video masks (temporal smoothing, reset at scene cuts) and
 alpha matting on video frames side by side.
 
 The clips are made from the real photos (a pan and zoom with per-frame noise

@@ -1,4 +1,4 @@
-"""Folder trees and the same file given twice (issue 13).
+"""Folder trees and the same file given twice.
 
 `-r -o` mirrors the input tree under the output folder; a file met twice
 (named twice, through a hard or symbolic link, or inside a folder also given)

@@ -265,7 +265,8 @@ class Cluster(Executor):
             if not self._client.nthreads():
                 self.say(f"no workers at {self.address} yet; waiting for some to join "
                          f"(dask worker {self.address})")
-            # Long videos are split into segments over the whole cluster (issue 16).
+            # A video longer than --segment-seconds is split into segments over the
+            # whole cluster, so one long file does not keep a single worker busy.
             from bgrm.video.segments_dask import run_long_videos
 
             items, long = run_long_videos(items, self.say)

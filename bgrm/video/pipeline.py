@@ -31,7 +31,7 @@ from bgrm.video.writer import VideoWriter, open_output
 
 
 class MaskFilter:
-    """The one place where successive masks meet, in frame order (issue #7).
+    """The one place where successive masks meet, in frame order.
 
     Masks arrive at model size (uint8), one per frame, in order, with their
     frame. With ``strength`` s > 0 the mask is a running average whose
