@@ -12,7 +12,9 @@ import sys
 import pytest
 
 HEAVY = ("onnxruntime", "pymatting", "numba", "scipy", "imageio", "imageio_ffmpeg", "cv2",
-         "llvmlite", "torch", "rembg", "dask", "distributed")
+         "llvmlite", "torch", "rembg", "dask", "distributed",
+         # bgrm serve's stack: only `bgrm serve` itself loads it.
+         "starlette", "uvicorn", "python_multipart", "anyio", "h11")
 
 PROBE = """
 import json, sys
@@ -40,6 +42,7 @@ def loaded_by(args: list[str]) -> dict:
     ["--help"],
     ["image", "--help"],
     ["video", "--help"],
+    ["serve", "--help"],
     ["--version"],
     # A usage error is found before anything heavy is needed.
     ["image", "photo.jpg", "--alpha-fg", "999"],
