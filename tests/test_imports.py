@@ -70,3 +70,4 @@ def test_the_probe_does_see_heavy_imports(fixtures, tmp_path, models_home):
                         str(tmp_path)])
     assert result["code"] == 0
     assert "onnxruntime" in result["loaded"]
+    assert not {"starlette", "uvicorn", "python_multipart"} & set(result["loaded"])
