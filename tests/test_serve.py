@@ -254,3 +254,6 @@ def test_health(server):
     r = server.get("/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert server.get("/").headers["content-type"].startswith("text/html")
+    # Jobs ran in this process: its stdout is still its own (the CLI's dup2 onto
+    # stderr is not the service's).
+    assert os.readlink(f"/proc/{server.proc.pid}/fd/1") == os.devnull

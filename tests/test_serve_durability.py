@@ -181,7 +181,8 @@ def test_refused_at_start(bgrm, tmp_path):
     assert r.returncode == 2 and b"--api-key" in r.stderr and b"Traceback" not in r.stderr
     blocker = tmp_path / "site"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['starlette'] = None\n")
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['python_multipart'] = None\n")
     r = bgrm("serve", "--port", "0", "--data-dir", tmp_path / "d",
              env={"PYTHONPATH": os.pathsep.join([str(blocker), *sys.path])})
     assert r.returncode == 2 and b"pip install 'bgrm[serve]'" in r.stderr, r.stderr
+    assert b"python-multipart" in r.stderr and b"Traceback" not in r.stderr
