@@ -197,10 +197,13 @@ class _Job:
     cancelled: bool = False
     forget: bool = False  # dropped from the runner once its last result is told
 
+    def __post_init__(self) -> None:
+        self.order = list(self.tasks)
+
     def deliver(self, number: int, result: Result) -> None:
         self.results[number] = result
         self.listener.finished(number, result)
-        order = list(self.tasks)
+        order = self.order
         while self.told < len(order) and order[self.told] in self.results:
             self.listener.result(order[self.told], self.results[order[self.told]])
             self.told += 1
