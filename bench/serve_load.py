@@ -145,6 +145,9 @@ def load(server: Server, photos: list[Path], clients: int = 10, per: int = 5,
                     state["curve"].append((state["done"], rss))
                     if state["rss50"] is None and state["done"] >= 50:
                         state["rss50"] = rss
+                    if state["done"] // 50 != (state["done"] - len(answer["files"])) // 50:
+                        print(f"  {state['done']} photos done, RSS {rss:.1f} MB",
+                              file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
