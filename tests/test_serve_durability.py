@@ -155,6 +155,15 @@ def test_a_hung_file_times_out_alone(env, fixtures, tmp_path):
         assert [f["filename"] for f in answer["files"]] == ["p0_processed.png"]
         after = server.convert(_photos(fixtures, 1), {"convert_to": IMAGE}).json()["uuid"]
         assert server.wait(after, timeout=60)["failed"] == []  # the queue goes on
+        # SIGTERM while a file cannot finish: the server still stops, in its grace time.
+        again = server.convert([hung], {"convert_to": IMAGE}).json()["uuid"]
+        server.wait(again, until=lambda a: True)
+        time.sleep(1)
+        t0 = time.monotonic()
+        assert server.signal(signal.SIGTERM) == 128 + signal.SIGTERM
+        assert time.monotonic() - t0 < 30
+        assert "the files under way run again" in server.stderr()
+        assert "terminate" not in server.stderr() and not leftovers(tmp_path / "data")
     finally:
         server.stop()
 

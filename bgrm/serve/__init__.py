@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import socket
+import sys
 from pathlib import Path
 
 from bgrm.errors import ParameterError
@@ -97,4 +99,14 @@ def run(*, host: str, port: int, api_key: str | None, data_dir: Path | None, kee
     # (at most 5 s), then the app's shutdown stops the runner (jobs.Service.close).
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if service.abandoned:
+            # A file still running on a thread past the grace: it cannot be stopped,
+            # and onnxruntime aborts an interpreter that ends around its threads. Its
+            # temporaries are gone and its job is queued for the next start.
+            say("stopped; the files under way run again at the next start")
+            sys.stderr.flush()
+            os._exit(128 + signal.SIGTERM)
+        say("stopped")

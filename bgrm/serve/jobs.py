@@ -161,6 +161,7 @@ class Service:
         self.runner = Runner(make_executor(settings, say), timeout_for=timeout_for)
         self.frames: dict[str, int] = {}  # progress of running jobs (video frames)
         self._thread: threading.Thread | None = None
+        self.abandoned = False  # closed with files still running on threads
 
     # -- life ---------------------------------------------------------------------------
 
@@ -191,6 +192,7 @@ class Service:
         if not done:
             remove_leftovers([self.jobs_dir / key / "out" for key in
                               self.store.uuids(unfinished=True)], os.getpid())
+            self.abandoned = True
         else:
             self.store.close()
         return done
