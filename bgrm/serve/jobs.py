@@ -233,9 +233,12 @@ class Service:
             self.runner.submit(tasks, _Recorder(self, key, tasks), key=key, forget=True)
 
     def _tasks(self, job: str, opts, model, folder: Path, rows) -> dict[int, Task]:
-        runtime = Runtime(model, self.settings.device,
-                          self.settings.threads or (None if self.settings.scheduler
-                                                    else os.cpu_count() or 1),
+        settings = self.settings
+        # One file at a time on every core, or the cores shared by --jobs processes;
+        # on a cluster each worker sizes its own (run.cluster).
+        threads = settings.threads or (None if settings.scheduler else max(
+            1, (os.cpu_count() or 1) // (settings.processes or 1)))
+        runtime = Runtime(model, settings.device, threads,
                           # onnxruntime's threads spin between runs when allowed; here the
                           # event loop shares the cores and must get them at once.
                           spinning=False)
