@@ -140,6 +140,8 @@ class JobView {
   constructor(req) {
     this.root = $("#job-template").content.firstElementChild.cloneNode(true);
     this.total = req.files.length;
+    this.shownFiles = 0;
+    this.shownFailed = 0;
     const what = req.kind === "image" ? (this.total === 1 ? "image" : "images") : (this.total === 1 ? "video" : "videos");
     $(".job-title", this.root).textContent = this.total + " " + what + ", " + new Date().toLocaleTimeString();
     this.pairs = req.files.map((f) => this.addPair(f));
@@ -168,6 +170,7 @@ class JobView {
     el.textContent = text;
     el.hidden = false;
     this.root.classList.add("failed");
+    this.root.dataset.state = "stopped";
   }
 
   // The pair of the input this output or failure belongs to: its name is the
@@ -208,21 +211,23 @@ class JobView {
   }
 
   render(data) {
-    (data.files || []).slice(this.shownFiles || 0).forEach((f) => this.showFile(f));
-    this.shownFiles = (data.files || []).length;
+    const files = data.files || [];
+    files.slice(this.shownFiles).forEach((f) => this.showFile(f));
+    this.shownFiles = files.length;
     const failed = (data.failed || []).map((f) => (typeof f === "string" ? { filename: f } : f));
     const errors = data.errors || [];
-    failed.slice(this.shownFailed || 0).forEach((f, i) => {
-      if (!f.error) f.error = errors[(this.shownFailed || 0) + i];
+    failed.slice(this.shownFailed).forEach((f, i) => {
+      if (!f.error) f.error = errors[this.shownFailed + i];
       this.showFailure(f);
     });
     this.shownFailed = failed.length;
     const done = this.shownFiles + this.shownFailed;
     const frac = progressOf(data, done, this.total);
     if (data.finished) {
-      this.root.classList.add(this.shownFailed ? "failed" : "done");
       const orphans = errors.slice(this.shownFailed);
       if (orphans.length) this.error(orphans.join("\n"));
+      this.root.classList.add(this.shownFailed || orphans.length ? "failed" : "done");
+      this.root.dataset.state = "finished";
       this.status(summary(this.shownFiles, this.shownFailed), 1);
     } else if (Number(data.queue_count) > 0) {
       this.status("Waiting: " + data.queue_count + " " + plural(Number(data.queue_count), "file") + " ahead", frac);
