@@ -50,7 +50,7 @@ function syncForm() {
 function showChosen() {
   const names = Array.from($("#files").files).map((f) => f.name);
   $("#chosen").textContent = names.length
-    ? names.length + (names.length === 1 ? " file: " : " files: ") + names.join(", ")
+    ? names.join(", ")
     : "or drop files here";
 }
 
@@ -271,6 +271,7 @@ function preview(url, ext, name) {
     const img = document.createElement("img");
     img.src = url;
     img.alt = name;
+    img.onerror = () => img.replaceWith(span("nopreview", "No preview for " + name));
     return img;
   }
   if (VIDEO_EXT.includes(ext)) {
