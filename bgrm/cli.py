@@ -58,6 +58,35 @@ def _click_option(p):
     return click.option(p.flag, p.name, **kwargs)
 
 
+def run_options(timeout_default: str = "no limit") -> list:
+    """Where and how files run: the options ``image``, ``video`` and ``serve`` share."""
+    return [
+        click.option("-j", "--jobs", "processes", type=click.IntRange(1, 256),
+                     help="Worker processes, one file each [default: one process, "
+                          "several images at once on threads, by cores]."),
+        click.option("--timeout", type=click.FloatRange(0, min_open=True),
+                     metavar="SECONDS",
+                     help="A file that takes longer fails alone; its worker process is "
+                          "replaced [default: " + timeout_default + "]."),
+        click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+                     show_default=True, help="Where the model runs."),
+        click.option("--threads", type=click.IntRange(1, 256),
+                     help="onnxruntime threads per session [default: cores / files "
+                          "at once]."),
+        click.option("--scheduler", metavar="ADDRESS",
+                     help="Run the batch on a Dask cluster (tcp://HOST:PORT)."),
+    ]
+
+
+def _decorated(decorators: list):
+    def decorate(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return decorate
+
+
 def job_options(job: str):
     """Decorator: the API parameters of ``job`` plus the run options both jobs share."""
 
@@ -69,18 +98,7 @@ def job_options(job: str):
             click.option("--params", "params_file", type=click.Path(exists=True, dir_okay=False),
                          help="The hosted API's params as a JSON file; flags given here win."),
             click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders."),
-            click.option("-j", "--jobs", "processes", type=click.IntRange(1, 256),
-                         help="Worker processes, one file each [default: one process, "
-                              "several images at once on threads, by cores]."),
-            click.option("--timeout", type=click.FloatRange(0, min_open=True),
-                         metavar="SECONDS",
-                         help="A file that takes longer fails alone; its worker process is "
-                              "replaced [default: no limit]."),
-            click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
-                         show_default=True, help="Where the model runs."),
-            click.option("--threads", type=click.IntRange(1, 256),
-                         help="onnxruntime threads per session [default: cores / files "
-                              "at once]."),
+            *run_options(),
             click.option("--skip-existing", is_flag=True,
                          help="Leave inputs whose output already exists (resume a batch)."),
             click.option("--json", "as_json", is_flag=True,
@@ -89,8 +107,6 @@ def job_options(job: str):
                          help="Progress bar on stderr [default: when stderr is a terminal]."),
             click.option("--traceback", "show_traceback", is_flag=True,
                          help="Show the full traceback of failures."),
-            click.option("--scheduler", metavar="ADDRESS",
-                         help="Run the batch on a Dask cluster (tcp://HOST:PORT)."),
         ]
         for decorator in reversed([*(_click_option(p) for p in params_for(job)), *shared]):
             fn = decorator(fn)
@@ -169,6 +185,37 @@ def video(ctx, **kwargs):
 
 
 cli.add_command(models)  # light: click and hashlib only; tqdm/urllib load on install
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; other than loopback, an API key is required.")
+@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True,
+              help="Port to listen on (0: any free port, said at start).")
+@click.option("--api-key", envvar="BGRM_API_KEY", metavar="KEY",
+              help="Required on POST /v1/convert/ as the header 'Authorization: KEY' "
+                   "[env: BGRM_API_KEY].")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Uploads, results and the job database [default: "
+                   "~/.local/share/bgrm/serve].")
+@click.option("--keep", default="24h", show_default=True, metavar="DURATION",
+              help="How long finished results stay (24h, 30m, 90s, 2d).")
+@_decorated(run_options("10 min per photo; for a video 10 min + 10 s per frame"))
+def serve(host, port, api_key, data_dir, keep, processes, timeout, device, threads,
+          scheduler):
+    """Serve the hosted API (/v1/convert/, /v1/results/) and a page at /.
+
+    The seed's client examples work with only the domain (and key) changed.
+    Every request's files run with the run options given here.
+    """
+    from bgrm import serve as service
+    from bgrm.serve.jobs import Settings
+
+    settings = Settings(device=device, threads=threads, processes=processes,
+                        scheduler=scheduler, timeout=timeout)
+    service.run(host=host, port=port, api_key=api_key, data_dir=data_dir,
+                keep=service.parse_duration(keep), settings=settings,
+                say=lambda message: click.echo(f"bgrm serve: {message}", err=True))
 
 
 def _run(ctx, job: str, kwargs: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,23 +36,25 @@ class Processed:
     crop_box: tuple[int, int, int, int] | None = None
 
 
-def _file_entry(r: Result) -> dict:
-    entry = {"url": str(r.dst), "filename": r.dst.name}
+def _file_entry(r: Result, url: Callable[[Result], str]) -> dict:
+    entry = {"url": url(r), "filename": r.dst.name}
     if r.crop_box is not None:
         left, top, right, bottom = r.crop_box
         entry["crop"] = {"x": left, "y": top, "width": right - left, "height": bottom - top}
     return entry
 
 
-def api_results(results: list[Result]) -> dict:
-    """The hosted API's answer for a finished job, for ``--json``.
+def api_results(results: list[Result], url: Callable[[Result], str] = lambda r: str(r.dst)
+                ) -> dict:
+    """The hosted API's answer for a finished job, for ``--json`` (``url``: the
+    output's path) and the service (a path on the server, its name the download's).
 
     Inputs that were the same file as an earlier one are listed under
     ``duplicates`` with the output they share (when it was written).
     """
     made = {r.src: r.dst for r in results if r.ok and r.dst is not None}
     answer = {
-        "files": [_file_entry(r) for r in results if r.ok and r.dst is not None],
+        "files": [_file_entry(r, url) for r in results if r.ok and r.dst is not None],
         "failed": [{"filename": Path(r.src).name, "error": r.error} for r in results
                    if not r.ok],
         "errors": [r.error for r in results if not r.ok],

@@ -4,13 +4,15 @@ An ``Executor`` runs tasks somewhere: in this thread (``local.Inline``), on
 threads of this process (``local.Threads``), on worker processes
 (``processes.Processes``) or on a Dask cluster (``cluster.Cluster``). Each one
 only starts tasks and emits what happens (``Progress``, ``Done``); what they
-share is here, once, in ``Executor.run``:
+share is here, once, in ``Runner`` (``Executor.run`` is one job on one):
 
-- ``--skip-existing`` is decided before anything starts;
-- each output is written under a held name and moved into place here, when its
-  result is in hand, so a file reported failed (timed out, its worker or its
-  cluster lost) is never written afterwards;
-- results reach the listener in input order, progress as it comes;
+- jobs come as they come (``submit``, ``cancel``, ``close``), results are tied
+  to a job and a file number, and ``--skip-existing`` is decided at submit;
+- each output is written under a held name that names its job and file, and
+  moved into place here, when its result is in hand, so a file reported failed
+  (timed out, its worker or its cluster lost) is never written afterwards, and
+  a process started after a crash can match a finished one to its job;
+- results reach each job's listener in input order, progress as it comes;
 - one interrupt path: on Ctrl-C or an error the executor's ``stop()`` runs with
   further Ctrl-C ignored, then one cleanup of held outputs and temporaries.
 """
@@ -24,7 +26,7 @@ import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,57 +157,190 @@ class Executor(ABC):
         """Ctrl-C or an error: end what is running and wait for it."""
 
     def run(self, tasks: list[Task], listener: Listener | None = None) -> list[Result]:
-        """Results of ``tasks``, in their order; see the module's docstring."""
-        listener = listener or Listener()
-        token = uuid.uuid4().hex[:12]
-        tasks = [replace(t, held=held_name(t.dst, f"{token}-{i}")) for i, t in enumerate(tasks)]
-        results: list[Result | None] = [None] * len(tasks)
-        told = 0  # results up to here went to listener.result, in input order
+        """Results of ``tasks``, in their order: one job on a ``Runner``, run in this
+        thread (Ctrl-C and ``--timeout``'s timer land here); see the module's docstring."""
+        runner = Runner(self)
+        key = runner.submit(tasks, listener)
+        while runner.step(block=False):
+            pass
+        return runner.results(key)
 
-        def deliver(index: int, result: Result) -> None:
-            nonlocal told
-            results[index] = result
-            listener.finished(index, result)
-            while told < len(results) and results[told] is not None:
-                listener.result(told, results[told])
-                told += 1
-
-        def emit(event: Progress | Done) -> None:
-            if isinstance(event, Progress):
-                listener.progress(event.index, event.n)
-            elif results[event.index] is None:  # a late second word is ignored
-                deliver(event.index, _commit(tasks[event.index], event.result))
-
-        todo = []
-        for i, task in enumerate(tasks):
-            if task.runtime.skip_existing and task.dst.exists():
-                deliver(i, Result(task.name, task.dst, skipped=True))
-            else:
-                todo.append((i, task))
-        try:
-            if todo:
-                self.execute(todo, emit)
-        except BaseException:
-            with interrupts_ignored():
-                try:
-                    self.stop()
-                finally:
-                    self._clean(tasks, results)
-            raise
-        self._clean(tasks, results)
-        return results  # type: ignore[return-value]
-
-    def _clean(self, tasks: list[Task], results: list[Result | None]) -> None:
-        """The one cleanup: held outputs never moved into place, and temporaries of
-        workers that ended without removing their own."""
-        for task, result in zip(tasks, results, strict=True):
-            if result is None or not result.ok:
+    def clean(self, tasks: list[Task], done: list[bool]) -> None:
+        """The one cleanup after a batch: held outputs never moved into place, and
+        temporaries of workers that ended without removing their own."""
+        for task, ok in zip(tasks, done, strict=True):
+            if not ok and task.held is not None:
                 remove_tmp(task.held)  # a file, or a PNG sequence's folder
         folders = {t.dst.parent for t in tasks}
         for pid in self.dead_pids:
             remove_leftovers(folders, pid)
         for name in self.leftovers:
             remove_tmp(Path(name))
+        # A long-lived runner reuses the executor: the next batch starts clean.
+        self.dead_pids.clear()
+        self.leftovers.clear()
+
+
+def held_path(dst: Path, key: str, number: int) -> Path:
+    """Where file ``number`` of job ``key`` waits, finished, to be moved to ``dst``:
+    named by both, so a process started after a crash finds it again."""
+    return held_name(dst, f"{key}-{number}")
+
+
+@dataclass
+class _Job:
+    key: str
+    tasks: dict[int, Task]  # file number -> task, in input order
+    listener: Listener
+    results: dict[int, Result] = field(default_factory=dict)
+    told: int = 0  # results of the first ``told`` files went to listener.result
+    cancelled: bool = False
+    forget: bool = False  # dropped from the runner once its last result is told
+
+    def deliver(self, number: int, result: Result) -> None:
+        self.results[number] = result
+        self.listener.finished(number, result)
+        order = list(self.tasks)
+        while self.told < len(order) and order[self.told] in self.results:
+            self.listener.result(order[self.told], self.results[order[self.told]])
+            self.told += 1
+
+
+class Runner:
+    """Jobs as they come, on one executor: ``submit``, ``cancel``, ``close``.
+
+    Each job is a list of tasks; its listener hears about them by file number,
+    in input order. ``step`` runs the files queued now (jobs in arrival order,
+    files of one kind together) as one batch of the executor, in the calling
+    thread: the command line calls it until its one job is done; the service
+    calls it in a loop on a thread of its own. A finished output waits under
+    ``held_path`` until its result is in hand here, then is moved into place.
+    """
+
+    def __init__(self, executor: Executor,
+                 timeout_for: Callable[[list[Task]], float | None] | None = None):
+        self.executor = executor
+        self.timeout_for = timeout_for  # seconds per file for a batch, or keep the executor's
+        self._lock = threading.Condition()
+        self._queue: list[tuple[_Job, int]] = []
+        self._jobs: dict[str, _Job] = {}
+        self._closed = False
+        self._running = False
+
+    def submit(self, tasks: list[Task] | dict[int, Task], listener: Listener | None = None,
+               key: str | None = None, forget: bool = False) -> str:
+        """Queue a job: ``tasks`` as a list (numbered 0...) or by file number. With
+        ``forget`` its results go to its listener only (``results`` cannot tell them)."""
+        key = key or uuid.uuid4().hex[:12]
+        numbered = tasks if isinstance(tasks, dict) else dict(enumerate(tasks))
+        job = _Job(key, {n: replace(t, held=held_path(t.dst, key, n))
+                         for n, t in numbered.items()}, listener or Listener(), forget=forget)
+        skipped = []
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the runner is closed")
+            self._jobs[key] = job
+            for n, task in job.tasks.items():
+                if task.runtime.skip_existing and task.dst.exists():
+                    skipped.append(n)
+                else:
+                    self._queue.append((job, n))
+            self._lock.notify_all()
+        for n in skipped:
+            self._deliver(job, n, Result(job.tasks[n].name, job.tasks[n].dst, skipped=True))
+        return key
+
+    def _deliver(self, job: _Job, number: int, result: Result) -> None:
+        job.deliver(number, result)
+        if job.forget and job.told == len(job.tasks):
+            with self._lock:
+                self._jobs.pop(job.key, None)
+
+    def results(self, key: str) -> list[Result]:
+        """A finished job's results in input order (the job is then forgotten)."""
+        with self._lock:
+            job = self._jobs.pop(key)
+        return [job.results[n] for n in job.tasks]
+
+    def queued(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def cancel(self, key: str) -> None:
+        """Drop a job: its files not started are never run, those running are never
+        moved into place, and its listener hears nothing more."""
+        with self._lock:
+            job = self._jobs.pop(key, None)
+            if job is not None:
+                job.cancelled = True
+                self._queue = [item for item in self._queue if item[0] is not job]
+
+    def close(self) -> None:
+        """Take no more jobs, drop those not started, and end the batch running (its
+        files under way finish or not; none is moved into place after this)."""
+        with self._lock:
+            self._closed = True
+            for job in self._jobs.values():
+                job.cancelled = True
+            self._queue.clear()
+            running = self._running
+            self._lock.notify_all()
+        if running:
+            self.executor.stop()
+
+    def step(self, block: bool = True) -> bool:
+        """Run the files queued now as one batch, in this thread; False when there is
+        nothing to run (and, with ``block``, only once the runner is closed)."""
+        batch = self._take(block)
+        if not batch:
+            return False
+        tasks = [job.tasks[n] for job, n in batch]
+        if self.timeout_for is not None:
+            self.executor.timeout = self.timeout_for(tasks)
+        done = [False] * len(batch)
+
+        def emit(event: Progress | Done) -> None:
+            job, n = batch[event.index]
+            if isinstance(event, Progress):
+                if not job.cancelled:
+                    job.listener.progress(n, event.n)
+            elif not done[event.index]:  # a late second word is ignored
+                if job.cancelled:
+                    return
+                result = _commit(tasks[event.index], event.result)
+                done[event.index] = result.ok
+                self._deliver(job, n, result)
+
+        try:
+            self.executor.execute(list(enumerate(tasks)), emit)
+        except BaseException:
+            with interrupts_ignored():
+                try:
+                    self.executor.stop()
+                finally:
+                    self._finish(tasks, done)
+            raise
+        self._finish(tasks, done)
+        return True
+
+    def _take(self, block: bool) -> list[tuple[_Job, int]]:
+        """The queued files of the head's kind, in arrival order, up to another kind."""
+        with self._lock:
+            while block and not self._queue and not self._closed:
+                self._lock.wait()
+            if self._closed or not self._queue:
+                return []
+            kind = self._queue[0][0].tasks[self._queue[0][1]].job
+            count = next((i for i, (job, n) in enumerate(self._queue)
+                          if job.tasks[n].job != kind), len(self._queue))
+            batch, self._queue = self._queue[:count], self._queue[count:]
+            self._running = True
+            return batch
+
+    def _finish(self, tasks: list[Task], done: list[bool]) -> None:
+        with self._lock:
+            self._running = False
+        self.executor.clean(tasks, done)
 
 
 def _commit(task: Task, result: Result) -> Result:

@@ -241,6 +241,22 @@ def _failure(task, exc: BaseException) -> Result:
     return Result(task.name, error=f"{task.name}: failed on the cluster: {kind}: {exc}{hint}")
 
 
+@contextlib.contextmanager
+def _quiet_dask():
+    """Dask's loggers at CRITICAL while inside; each one's own level back after."""
+    loggers = [logging.getLogger(name) for name in ["distributed",
+                                                    *logging.root.manager.loggerDict]
+               if name.split(".")[0] == "distributed"]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 class Cluster(Executor):
     """The tasks on the Dask cluster at ``address``, as many at once as it has threads."""
 
@@ -253,12 +269,14 @@ class Cluster(Executor):
 
     def execute(self, items: list[tuple[int, object]], emit: Emit) -> None:
         require_dask()
-        if not items[0][1].runtime.traceback:
-            # Dask logs its reconnection attempts with tracebacks; each file's
-            # failure already says what happened, in one line.
-            for name in ["distributed", *logging.root.manager.loggerDict]:
-                if name.split(".")[0] == "distributed":
-                    logging.getLogger(name).setLevel(logging.CRITICAL)
+        # Dask logs its reconnection attempts with tracebacks; each file's failure
+        # already says what happened, in one line. Only while this batch runs:
+        # the host process (the service, a notebook) keeps its own logging.
+        quiet = contextlib.nullcontext() if items[0][1].runtime.traceback else _quiet_dask()
+        with quiet:
+            self._execute(items, emit)
+
+    def _execute(self, items: list[tuple[int, object]], emit: Emit) -> None:
         self._client = _connect(self.address)
         try:
             _register(self._client, self.address)
