@@ -29,7 +29,7 @@ from live import KEY, assert_cutout, need, served
 CLIENTS = Path(__file__).resolve().parent / "clients"
 NODE_MODULES = CLIENTS / "node_modules"
 SEED_DOMAIN = "api.backgroundremoverai.com"
-FRAMES = 6
+FRAMES = 3  # each frame is a model run: keep the clip short
 
 
 def _has_php_curl() -> bool:

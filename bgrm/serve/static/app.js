@@ -222,7 +222,8 @@ class JobView {
     });
     this.shownFailed = failed.length;
     const done = this.shownFiles + this.shownFailed;
-    const frac = progressOf(data, done, this.total);
+    const frac = progressOf(done, this.total);
+    const frames = data.progress && Number(data.progress.frames);
     if (data.finished) {
       const orphans = errors.slice(this.shownFailed);
       if (orphans.length) this.error(orphans.join("\n"));
@@ -232,17 +233,13 @@ class JobView {
     } else if (Number(data.queue_count) > 0) {
       this.status("Waiting: " + data.queue_count + " " + plural(Number(data.queue_count), "file") + " ahead", frac);
     } else {
-      this.status("Working: " + done + " of " + this.total + " done" + percent(frac), frac);
+      this.status("Working: " + done + " of " + this.total + " done" + (frames ? ", " + frames + " frames made" : ""), frac);
     }
   }
 }
 
-// The overall fraction done: the server's own progress where it gives one
-// (a number, 0-1 or 0-100), else files finished of files sent.
-function progressOf(data, done, total) {
-  let p = data.progress;
-  if (p && typeof p === "object") p = p.fraction ?? p.done;
-  if (typeof p === "number" && isFinite(p)) return p > 1 ? p / 100 : p;
+// The fraction of files finished; a video's frames count only in the text.
+function progressOf(done, total) {
   return total ? done / total : 0;
 }
 
