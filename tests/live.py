@@ -38,16 +38,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(data_dir: Path, env: dict, key: str = KEY):
-    """``python -m bgrm serve`` on a free loopback port; yields its base URL
-    once /health answers, and stops it (SIGTERM) afterwards."""
+def served(data_dir: Path, env: dict | None = None, key: str | None = KEY):
+    """``python -m bgrm serve`` on a free loopback port (``key``: its API key,
+    None for none); yields its base URL once /health answers, and stops it
+    (SIGTERM) afterwards."""
     port = free_port()
     log = data_dir.parent / f"{data_dir.name}.log"
+    argv = [sys.executable, "-m", "bgrm", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir)] + (["--api-key", key] if key else [])
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bgrm", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--data-dir", str(data_dir), "--api-key", key],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
