@@ -94,6 +94,7 @@ def test_key_asked_for_then_photo_cut_out_and_downloaded(page, server, fixtures,
     assert direct.status_code in (401, 403)
     assert direct.json()["error"] in refused.locator(".job-error").inner_text()
     assert page.locator("#key-box").get_attribute("open") is not None
+    assert refused.locator(".output .frame").inner_text() == "Not sent"
 
     _key(page)
     job = _finished(_send(page, photo))

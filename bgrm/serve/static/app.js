@@ -160,14 +160,23 @@ class JobView {
     return { li, name, done: false };
   }
 
+  // Rows still waiting get ``text`` in place of "Working…".
+  settle(text) {
+    this.pairs.filter((p) => !p.done).forEach((p) => {
+      $(".output .frame", p.li).replaceChildren(span("nopreview", text));
+    });
+  }
+
   status(text, fraction) {
     $(".job-status", this.root).textContent = text;
     if (fraction !== undefined) $(".job-progress", this.root).value = Math.max(0, Math.min(1, fraction));
   }
 
-  error(text) {
+  // A job-wide failure; ``hint`` (optional) says what the person can do.
+  error(text, hint) {
     const el = $(".job-error", this.root);
-    el.textContent = text;
+    el.replaceChildren(text);
+    if (hint) el.append(document.createElement("br"), span("hint", hint));
     el.hidden = false;
     this.root.classList.add("failed");
     this.root.dataset.state = "stopped";
@@ -301,18 +310,18 @@ async function submit(event) {
     answer = await upload(req.data, key, (f) => view.status("Uploading" + percent(f), f));
   } catch (e) {
     view.error(e.message);
+    view.settle("Not sent");
     view.status("Not sent", 0);
     return;
   } finally {
     button.disabled = false;
   }
   if (answer.status !== 200 || answer.body.error || !answer.body.uuid) {
-    let text = answer.body.error || "The server answered " + answer.status + ".";
-    if (answer.status === 401 || answer.status === 403) {
-      text += " Set the API key below the options.";
-      $("#key-box").open = true;
-    }
-    view.error(text);
+    const text = answer.body.error || "The server answered " + answer.status + ".";
+    const keyed = answer.status === 401 || answer.status === 403;
+    if (keyed) $("#key-box").open = true;
+    view.error(text, keyed ? "Enter the server's key under “API key”, then send again." : "");
+    view.settle("Not sent");
     view.status("Refused", 0);
     return;
   }
@@ -333,6 +342,7 @@ async function follow(view, uuid) {
       // A restarting server comes back with the job: keep asking for a while.
       if (++misses > 30) {
         view.error("Lost the server while waiting: " + e.message);
+        view.settle("No answer");
         return;
       }
       await sleep(POLL_MS * 2);
@@ -340,6 +350,7 @@ async function follow(view, uuid) {
     }
     if (r.status !== 200 || r.body.error) {
       view.error(r.body.error || "The server answered " + r.status + ".");
+      view.settle("No result");
       view.status("Stopped", 1);
       return;
     }
