@@ -737,5 +737,54 @@ def row_segments(b: Bench) -> None:
 ROWS.append(row_segments)
 
 
+def row_serve_batch(b: Bench) -> None:
+    """30 photos in one request to a running `bgrm serve` (its model loaded by an
+    earlier request, as a server has it) against `bgrm image` on the same 30,
+    alternated; the request's time runs to its last download."""
+    import serve_load
+
+    photos = serve_load.make_photos(b.work / "serve30", 30)
+    server = serve_load.Server(b.env, b.work / "serve-data")
+    try:
+        serve_load.batch_seconds(server, photos[:1])  # loads the model
+        ours, ref = [], Measure()
+        for _ in range(b.reps):
+            b.clean()
+            ref.add(*run(b.bgrm + ["image", str(b.work / "serve30"), "-o", str(b.out)], b.env))
+            ours.append(serve_load.batch_seconds(server, photos))
+    finally:
+        server.stop()
+    t = statistics.median(ours)
+    b.table.add("serve: 30 photos in one request", f"{30 / t:.2f} photos/s",
+                f"{30 / ref.t:.2f} photos/s (bgrm image)", f"{ref.t / t:.2f}x throughput",
+                ">= 0.9x", ref.t / t >= 0.9)
+
+
+def row_serve_load(b: Bench) -> None:
+    """10 clients x 5 photos per request, in a loop, for 500 photos (100 with
+    --quick): memory, /v1/results/ latency while the cores are busy, nothing lost."""
+    import serve_load
+
+    total = 100 if b.quick else 500
+    photos = serve_load.make_photos(b.work / "serve-load", 50, 160)
+    server = serve_load.Server(b.env, b.work / "serve-load-data")
+    try:
+        got = serve_load.load(server, photos, total=total)
+    finally:
+        server.stop()
+    growth = got["rss_end"] / got["rss50"]
+    b.table.add(f"serve: 10 clients x 5 photos, {got['done']} photos",
+                f"RSS x{growth:.3f}; p99 {got['p99_ms']:.0f} ms; {got['failed']} failed, "
+                f"{got['lost']} lost", f"{got['rss50']:.0f} MB after 50, "
+                f"{got['rss_end']:.0f} MB at end", f"{got['done'] / got['seconds']:.2f} photos/s",
+                "RSS <= 1.2x; p99 <= 100 ms; 0 lost, 0 failed",
+                growth <= 1.2 and got["p99_ms"] <= 100 and got["failed"] == got["lost"] == 0)
+    print("  memory curve: " + "; ".join(serve_load.curve_lines(got["curve"])),
+          file=sys.stderr)
+
+
+ROWS += [row_serve_batch, row_serve_load]
+
+
 if __name__ == "__main__":
     main()

@@ -209,6 +209,8 @@ def serve(host, port, api_key, data_dir, keep, processes, timeout, device, threa
     Every request's files run with the run options given here.
     """
     from bgrm import serve as service
+
+    service.require()  # before anything of the extra is imported
     from bgrm.serve.jobs import Settings
 
     settings = Settings(device=device, threads=threads, processes=processes,

@@ -66,6 +66,29 @@ def test_batch_matches_local_run(bgrm, fixtures, tmp_path, cluster):
     assert _bar(remote.stderr) == _bar(local.stderr) != ""
 
 
+def test_a_run_in_this_process_leaves_its_dask_logging_as_it_was(fixtures, tmp_path, cluster,
+                                                                  models_home):
+    """A host process (the service, a notebook) keeps its own log levels."""
+    import logging
+
+    from bgrm.models import resolve
+    from bgrm.options import ImageOptions
+    from bgrm.run import Runtime, Task
+    from bgrm.run.cluster import Cluster
+
+    address, _ = cluster
+    mine = logging.getLogger("distributed.client")
+    mine.setLevel(logging.INFO)
+    levels = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict
+              if name.split(".")[0] == "distributed"}
+    task = Task("image", fixtures / "chelsea.png", tmp_path / "chelsea_processed.png",
+                "chelsea.png", ImageOptions(only_mask=True), Runtime(resolve("u2netp")))
+    [result] = Cluster(address).run([task])
+    assert result.ok and task.dst.is_file()
+    assert mine.level == logging.INFO
+    assert {name: logging.getLogger(name).level for name in levels} == levels
+
+
 def test_workers_resolve_and_keep_their_model(bgrm, fixtures, tmp_path, cluster, models_home):
     """Registry models are found where each worker is; the session outlives a task and a run."""
     address, client = cluster

@@ -219,3 +219,39 @@ def test_held_outputs_are_moved_into_place_files_and_folders(tmp_path):
     commit(held, folder)
     assert sorted(p.name for p in folder.iterdir()) == ["new_000001.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_processed", "x_processed.png"]
+
+
+# -- one long-lived Runner: jobs as they come ---------------------------------------------
+
+
+def test_runner_takes_jobs_as_they_come_and_ties_results_to_them(tmp_path, fixtures,
+                                                                  models_home):
+    from bgrm.run import Runner
+    from bgrm.run.local import Threads
+
+    a, b, c = (_tasks(tmp_path, fixtures, names) for names in
+               (["a0.png", "a1.png"], ["b0.png"], ["c0.png"]))
+    runner = Runner(Threads(1))
+    heard = {key: _Heard() for key in "abc"}
+    runner.submit(a, heard["a"], key="job-a")
+    # Numbered files (a job resumed with its first files done) keep their numbers.
+    runner.submit({7: b[0]}, heard["b"], key="job-b")
+    runner.submit(c, heard["c"], key="job-c")
+    runner.cancel("job-c")
+    steps = 0
+    while runner.step(block=False):
+        steps += 1
+    assert steps == 1  # what was queued ran as one batch
+    assert heard["a"].order == [0, 1] and heard["b"].order == [7] and heard["c"].order == []
+    assert [r.ok for r in runner.results("job-a")] == [True, True]
+    assert [r.ok for r in runner.results("job-b")] == [True]
+    assert all(t.dst.is_file() for t in a + b) and not c[0].dst.exists()
+    assert not [p for p in (tmp_path / "out").iterdir() if TMP_MARK in p.name]
+    # A later job on the same runner: the executor is reused.
+    late = _tasks(tmp_path, fixtures, ["late.png"])
+    runner.submit(late, key="job-late")
+    assert runner.step(block=False) and late[0].dst.is_file()
+    runner.close()
+    assert not runner.step(block=True)  # closed: returns at once
+    with pytest.raises(RuntimeError):
+        runner.submit(late)

@@ -12,7 +12,9 @@ import sys
 import pytest
 
 HEAVY = ("onnxruntime", "pymatting", "numba", "scipy", "imageio", "imageio_ffmpeg", "cv2",
-         "llvmlite", "torch", "rembg", "dask", "distributed")
+         "llvmlite", "torch", "rembg", "dask", "distributed",
+         # bgrm serve's stack: only `bgrm serve` itself loads it.
+         "starlette", "uvicorn", "python_multipart", "anyio", "h11")
 
 PROBE = """
 import json, sys
@@ -40,6 +42,7 @@ def loaded_by(args: list[str]) -> dict:
     ["--help"],
     ["image", "--help"],
     ["video", "--help"],
+    ["serve", "--help"],
     ["--version"],
     # A usage error is found before anything heavy is needed.
     ["image", "photo.jpg", "--alpha-fg", "999"],
@@ -67,3 +70,4 @@ def test_the_probe_does_see_heavy_imports(fixtures, tmp_path, models_home):
                         str(tmp_path)])
     assert result["code"] == 0
     assert "onnxruntime" in result["loaded"]
+    assert not {"starlette", "uvicorn", "python_multipart"} & set(result["loaded"])

@@ -313,12 +313,20 @@ class Runner:
 
         try:
             self.executor.execute(list(enumerate(tasks)), emit)
-        except BaseException:
+        except BaseException as exc:
             with interrupts_ignored():
                 try:
                     self.executor.stop()
                 finally:
                     self._finish(tasks, done)
+            if isinstance(exc, Exception):
+                # A bug in the executor: each file it left unanswered fails with it,
+                # so no job waits for ever on a long-lived runner.
+                for index, (job, n) in enumerate(batch):
+                    if n not in job.results and not job.cancelled:
+                        self._deliver(job, n, Result(tasks[index].name, error=(
+                            f"{tasks[index].name}: internal error: {type(exc).__name__}: "
+                            f"{one_line(str(exc))}"), traceback=traceback.format_exc()))
             raise
         self._finish(tasks, done)
         return True

@@ -94,7 +94,7 @@ def run(*, host: str, port: int, api_key: str | None, data_dir: Path | None, kee
 
     app = create_app(service, api_key or None, keep, on_ready=ready)
     # Ctrl-C and SIGTERM: uvicorn stops taking requests, waits for those under way
-    # (at most 10 s), then the app's shutdown stops the runner (jobs.Service.close).
+    # (at most 5 s), then the app's shutdown stops the runner (jobs.Service.close).
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

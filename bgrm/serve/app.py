@@ -46,88 +46,102 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+async def convert(request: Request) -> Response:
+    service, api_key = request.app.state.service, request.app.state.api_key
+    if api_key is not None and not _key_ok(request, api_key):
+        return error(401, "missing or wrong API key: send the header Authorization: KEY")
+    key, folder = await anyio.to_thread.run_sync(service.new_folder)
+    try:
+        form = await read_form(request, folder / "in")
+        await anyio.to_thread.run_sync(service.accept, key, folder, form)
+    except FormError as exc:
+        return error(exc.status, str(exc))
+    except BgrmError as exc:
+        return error(400, service.scrub(str(exc)))
+    except ClientDisconnect:
+        return Response(status_code=400)
+    finally:
+        if service.store.job(key) is None:  # refused or cut short: nothing is kept
+            shutil.rmtree(folder, ignore_errors=True)
+    return JSONResponse({"uuid": key})
+
+
+async def results(request: Request) -> Response:
+    key = await _uuid_of(request)
+    if key is None:
+        return error(400, "uuid: required (form field, JSON key or query parameter)")
+    # On the loop: a read of the database (a few hundred microseconds), never a wait
+    # for a write; a hop to a worker thread costs more than that on busy cores.
+    answer = request.app.state.service.answer(key) if _is_uuid(key) else None
+    if answer is None:
+        return error(404, "no job with this uuid (unknown, or its results expired)")
+    return JSONResponse(answer)
+
+
+def download(request: Request) -> Response:
+    key, number = request.path_params["uuid"], request.path_params["number"]
+    found = request.app.state.service.download(key, number) if _is_uuid(key) else None
+    if found is None:
+        return error(404, "no such result (unknown, not finished, or expired)")
+    path, filename = found
+    return FileResponse(path, filename=filename, media_type=MEDIA_TYPES.get(path.suffix.lower()))
+
+
+def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__,
+                         "queued": request.app.state.service.store.queued()})
+
+
+def index(request: Request) -> Response:
+    page = STATIC / "index.html"
+    if page.is_file():
+        return FileResponse(page, media_type=MEDIA_TYPES[".html"])
+    return HTMLResponse(FALLBACK_PAGE)
+
+
+def static(request: Request) -> Response:
+    name = request.path_params["name"]
+    path = STATIC / name
+    # One plain name in the folder: no '..', no sub-folders, no hidden files.
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name) or not path.is_file() \
+            or not path.resolve().is_relative_to(STATIC):
+        return error(404, "not found")
+    return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower()))
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette):
+    service = app.state.service
+    await anyio.to_thread.run_sync(service.start)
+    expiring = asyncio.create_task(_expire_every(service, app.state.keep))
+    app.state.on_ready()
+    try:
+        yield
+    finally:
+        expiring.cancel()
+        await anyio.to_thread.run_sync(service.close, 5.0)
+
+
+ROUTES = [
+    Route("/v1/convert/", convert, methods=["POST"]),
+    Route("/v1/convert", convert, methods=["POST"]),
+    Route("/v1/results/", results, methods=["POST", "GET"]),
+    Route("/v1/results", results, methods=["POST", "GET"]),
+    Route("/v1/files/{uuid}/{number:int}/{filename}", download, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+    Route("/", index, methods=["GET"]),
+    Route("/static/{name}", static, methods=["GET"]),
+]
+
+
 def create_app(service: Service, api_key: str | None, keep: float,
                on_ready=lambda: None) -> Starlette:
     """The ASGI app over ``service``; ``keep``: seconds a finished job's results stay."""
-
-    async def convert(request: Request) -> Response:
-        if api_key is not None and not _key_ok(request, api_key):
-            return error(401, "missing or wrong API key: send the header Authorization: KEY")
-        key, folder = await anyio.to_thread.run_sync(service.new_folder)
-        try:
-            form = await read_form(request, folder / "in")
-            await anyio.to_thread.run_sync(service.accept, key, folder, form)
-        except FormError as exc:
-            return error(exc.status, str(exc))
-        except BgrmError as exc:
-            return error(400, service.scrub(str(exc)))
-        except ClientDisconnect:
-            return Response(status_code=400)
-        finally:
-            if service.store.job(key) is None:  # refused or cut short: nothing is kept
-                shutil.rmtree(folder, ignore_errors=True)
-        return JSONResponse({"uuid": key})
-
-    async def results(request: Request) -> Response:
-        key = await _uuid_of(request)
-        if key is None:
-            return error(400, "uuid: required (form field, JSON key or query parameter)")
-        answer = await anyio.to_thread.run_sync(service.answer, key) if _is_uuid(key) else None
-        if answer is None:
-            return error(404, "no job with this uuid (unknown, or its results expired)")
-        return JSONResponse(answer)
-
-    def download(request: Request) -> Response:
-        key, number = request.path_params["uuid"], request.path_params["number"]
-        found = service.download(key, number) if _is_uuid(key) else None
-        if found is None:
-            return error(404, "no such result (unknown, not finished, or expired)")
-        path, filename = found
-        return FileResponse(path, filename=filename,
-                            media_type=MEDIA_TYPES.get(path.suffix.lower()))
-
-    def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "version": __version__,
-                             "queued": service.store.queued()})
-
-    def index(request: Request) -> Response:
-        page = STATIC / "index.html"
-        if page.is_file():
-            return FileResponse(page, media_type=MEDIA_TYPES[".html"])
-        return HTMLResponse(FALLBACK_PAGE)
-
-    def static(request: Request) -> Response:
-        name = request.path_params["name"]
-        path = STATIC / name
-        # One plain name in the folder: no '..', no sub-folders, no hidden files.
-        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name) or not path.is_file() \
-                or not path.resolve().is_relative_to(STATIC):
-            return error(404, "not found")
-        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower()))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        await anyio.to_thread.run_sync(service.start)
-        expiring = asyncio.create_task(_expire_every(service, keep))
-        on_ready()
-        try:
-            yield
-        finally:
-            expiring.cancel()
-            await anyio.to_thread.run_sync(service.close)
-
-    routes = [
-        Route("/v1/convert/", convert, methods=["POST"]),
-        Route("/v1/convert", convert, methods=["POST"]),
-        Route("/v1/results/", results, methods=["POST", "GET"]),
-        Route("/v1/results", results, methods=["POST", "GET"]),
-        Route("/v1/files/{uuid}/{number:int}/{filename}", download, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/", index, methods=["GET"]),
-        Route("/static/{name}", static, methods=["GET"]),
-    ]
-    handlers = {HTTPException: _http_error, Exception: _internal_error}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+    app.state.service, app.state.api_key, app.state.keep = service, api_key, keep
+    app.state.on_ready = on_ready
+    return app
 
 
 async def _expire_every(service: Service, keep: float) -> None:

@@ -233,7 +233,9 @@ class Service:
         runtime = Runtime(model, self.settings.device,
                           self.settings.threads or (None if self.settings.scheduler
                                                     else os.cpu_count() or 1),
-                          spinning=not opts.matting.enabled and job == "image")
+                          # onnxruntime's threads spin between runs when allowed; here the
+                          # event loop shares the cores and must get them at once.
+                          spinning=False)
         return {r.number: Task(job, folder / r.src, folder / r.dst, r.name, opts, runtime)
                 for r in rows}
 

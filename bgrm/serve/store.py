@@ -74,10 +74,15 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+        # Reads on a connection of their own: /v1/results/ never waits for a write's
+        # fsync, so it can be answered on the event loop itself.
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._read_lock = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
     def _write(self, *statements: tuple[str, tuple]) -> None:
         with self._lock:
@@ -110,25 +115,25 @@ class Store:
              (time.time(), uuid, uuid)))
 
     def job(self, uuid: str) -> JobRow | None:
-        with self._lock:
-            row = self._db.execute("SELECT seq, uuid, kind, params, created, finished FROM jobs "
+        with self._read_lock:
+            row = self._reader.execute("SELECT seq, uuid, kind, params, created, finished FROM jobs "
                                    "WHERE uuid = ?", (uuid,)).fetchone()
             if row is None:
                 return None
-            files = self._db.execute("SELECT number, name, filename, src, dst, state, error, "
+            files = self._reader.execute("SELECT number, name, filename, src, dst, state, error, "
                                      "crop FROM files WHERE uuid = ? ORDER BY number",
                                      (uuid,)).fetchall()
         return _job(row, files)
 
     def ahead(self, seq: int) -> int:
         """Files still queued in jobs that came before job ``seq``."""
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM files JOIN jobs USING (uuid) "
+        with self._read_lock:
+            return self._reader.execute("SELECT count(*) FROM files JOIN jobs USING (uuid) "
                                     "WHERE state = 'queued' AND seq < ?", (seq,)).fetchone()[0]
 
     def queued(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM files WHERE state = 'queued'"
+        with self._read_lock:
+            return self._reader.execute("SELECT count(*) FROM files WHERE state = 'queued'"
                                     ).fetchone()[0]
 
     def uuids(self, unfinished: bool = False, finished_before: float | None = None
@@ -139,8 +144,8 @@ class Store:
             sql += " WHERE finished IS NULL"
         elif finished_before is not None:
             sql, args = sql + " WHERE finished < ?", (finished_before,)
-        with self._lock:
-            return [r[0] for r in self._db.execute(sql + " ORDER BY seq", args).fetchall()]
+        with self._read_lock:
+            return [r[0] for r in self._reader.execute(sql + " ORDER BY seq", args).fetchall()]
 
     def delete(self, uuid: str) -> None:
         self._write(("DELETE FROM files WHERE uuid = ?", (uuid,)),
