@@ -1,22 +1,18 @@
-"""A real `bgrm serve` process for the browser and client tests, and the rule
-for a tool those tests drive that is missing: skip here, fail under CI."""
+"""What the browser and client tests share: the key their server runs with,
+the rule for a tool they drive that is missing (skip here, fail under CI), and
+the check of a downloaded cut-out."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from servers import Server
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = "page-and-clients-key"
 
 
@@ -31,41 +27,15 @@ def need(present: bool, what: str) -> None:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def served(data_dir: Path, env: dict | None = None, key: str | None = KEY):
-    """``python -m bgrm serve`` on a free loopback port (``key``: its API key,
-    None for none); yields its base URL once /health answers, and stops it
-    (SIGTERM) afterwards."""
-    port = free_port()
-    log = data_dir.parent / f"{data_dir.name}.log"
-    argv = [sys.executable, "-m", "bgrm", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(data_dir)] + (["--api-key", key] if key else [])
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
+    """A real ``bgrm serve`` (``key``: its API key, None for none); yields its base URL."""
+    server = Server(env if env is not None else dict(os.environ), data_dir,
+                    *(["--api-key", key] if key else []))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"bgrm serve exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"bgrm serve did not answer:\n{log.read_text()}"
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(base + "/health", timeout=2):
-                    break
-            time.sleep(0.2)
-        yield base
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def assert_cutout(data: bytes) -> Image.Image:
