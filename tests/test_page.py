@@ -11,15 +11,16 @@ import pytest
 import requests
 import videoclips
 from live import KEY, assert_cutout, need, served
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bgrm.models.registry import SEGMENTATION_MODELS
 
 CHROMIUM = "/usr/bin/chromium"
-# No sandbox: CI runs as root in a container. The rest keeps a headless run
-# from reaching for the network or for a GPU it does not have.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# No sandbox: CI runs as root in a container, whose /dev/shm may be tiny. The
+# rest keeps a headless run from reaching for the network or a GPU.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 WAIT_MS = 90_000  # one job on a busy 2-core machine, with the model's first load
 
 
@@ -143,6 +144,26 @@ def test_a_bad_file_shows_its_reason_beside_the_good_one(page, server, fixtures,
     assert "1 done, 1 failed" in job.locator(".job-status").inner_text()
 
 
+def test_a_picture_background_goes_with_the_photo(page, fixtures, tmp_path):
+    photo, backdrop = fixtures / "astronaut.png", fixtures / "coffee.png"
+    _key(page)
+    page.get_by_label("Picture", exact=True).check()
+    page.get_by_label("Background picture").set_input_files(str(backdrop))
+    job = _finished(_send(page, photo))
+    with page.expect_download() as info:
+        job.locator("a.download").click()
+    saved = tmp_path / "saved.png"
+    info.value.save_as(saved)
+    out = Image.open(saved).convert("RGBA")
+    assert out.size == Image.open(photo).size
+    assert out.getchannel("A").getextrema() == (255, 255)
+    # The wall behind the astronaut (top right) is now the coffee picture,
+    # scaled to cover and centred.
+    behind = ImageOps.fit(Image.open(backdrop).convert("RGB"), out.size)
+    got, want = out.getpixel((500, 12))[:3], behind.getpixel((500, 12))
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 40, (got, want)
+
+
 def test_a_video_comes_back_as_an_animated_gif(page, fixtures, tmp_path):
     clip = videoclips.make_clip(tmp_path / "clip.mp4", fixtures / "astronaut.png",
                                 size=(96, 64), frames=3)
@@ -164,6 +185,7 @@ def test_a_video_comes_back_as_an_animated_gif(page, fixtures, tmp_path):
 
 
 def test_model_choices_are_the_registry_and_the_server_default(page):
-    values = page.locator("#model option").evaluate_all("os => os.map(o => o.value)")
+    values = page.get_by_label("Model").locator("option").evaluate_all(
+        "os => os.map(o => o.value)")
     assert values[0] == ""  # the server's own default
     assert sorted(values[1:]) == sorted(SEGMENTATION_MODELS)
