@@ -227,7 +227,8 @@ class Service:
         params = {**form.fields, **{k: str(p.relative_to(folder)) for k, p in backgrounds.items()}}
         tasks = self._tasks(job, opts, model, folder, rows)
         self.store.add(key, job, params, rows)
-        self.runner.submit(tasks, _Recorder(self, key, tasks), key=key, forget=True)
+        with contextlib.suppress(RuntimeError):  # closing: the next start runs it
+            self.runner.submit(tasks, _Recorder(self, key, tasks), key=key, forget=True)
 
     def _tasks(self, job: str, opts, model, folder: Path, rows) -> dict[int, Task]:
         runtime = Runtime(model, self.settings.device,
