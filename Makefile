@@ -1,9 +1,10 @@
 # make install: venv, package, dev deps, warmed numba cache.  make test: the suite.
+# make system-deps: chromium, PHP and Node's `request` for the page and client tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install test bench lint demo pictures clean
+.PHONY: install system-deps test bench lint demo pictures clean
 
 install: $(STAMP)
 
@@ -15,7 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m bgrm.warm
 	touch $(STAMP)
 
-test: install
+# apt-get as root when missing; otherwise it names what to install.
+system-deps:
+	@.ci/system-deps
+
+test: install system-deps
 	$(PY) -m pytest -q tests
 
 bench: install
