@@ -220,7 +220,7 @@ def serve(host, port, api_key, data_dir, keep, processes, timeout, device, threa
           scheduler):
     """Serve the hosted API (/v1/convert/, /v1/results/) and a page at /.
 
-    The seed's client examples work with only the domain (and key) changed.
+    The hosted API's client examples work with only the domain (and key) changed.
     Every request's files run with the run options given here.
     """
     from bgrm import serve as service

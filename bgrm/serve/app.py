@@ -153,7 +153,7 @@ async def _expire_every(service: Service, keep: float) -> None:
 
 
 def _key_ok(request: Request, api_key: str) -> bool:
-    # The seed's clients send the bare key; "Bearer KEY" is taken too.
+    # The hosted API's clients send the bare key; "Bearer KEY" is taken too.
     sent = request.headers.get("authorization", "").strip().removeprefix("Bearer ").strip()
     return hmac.compare_digest(sent.encode(), api_key.encode())
 
