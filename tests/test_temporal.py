@@ -161,3 +161,45 @@ def test_a_video_run_loads_one_session_without_spinning(tmp_path, fixtures, mode
     (key,) = segment._CACHE
     assert key[-1] is False  # spinning off
     assert probe(tmp_path / "out" / "c_processed.mov").count == 2
+
+
+# -- against the true alpha: composites whose alpha is known on every frame -----------
+
+TRUTH_SHOTS = ("still", "pan", "handheld", "subject")
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory, env):
+    """bench/truth_clips.py's shots, small, through `bgrm video` per-frame and smoothed
+    (PNG sequences, so the alpha read back is exactly bgrm's), scored against the truth."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import truth_clips
+
+    d = tmp_path_factory.mktemp("truth")
+    clips = truth_clips.make_clips(d / "clips", (256, 144), 12, TRUTH_SHOTS)
+    return {mode: truth_clips.run_mode(mode, clips, d / mode, env)
+            for mode in ("per-frame", "new")}
+
+
+@pytest.mark.parametrize("shot", ["pan", "handheld", "subject"])
+def test_smoothing_steadies_moving_shots_without_losing_accuracy(truth, shot):
+    raw, smooth = truth["per-frame"][shot], truth["new"][shot]
+    print(f"{shot}: dtSSD {smooth.dtssd:.3f} vs {raw.dtssd:.3f}, MAD {smooth.mad:.2f} vs "
+          f"{raw.mad:.2f}")
+    assert smooth.dtssd <= 0.75 * raw.dtssd
+    assert smooth.mad <= 1.03 * raw.mad
+
+
+def test_a_moving_subject_leaves_no_trail(truth):
+    raw, smooth = truth["per-frame"]["subject"], truth["new"]["subject"]
+    worse = smooth.frame_mad / raw.frame_mad
+    assert worse.max() <= 1.10, worse.round(3)
+
+
+def test_smoothing_steadies_a_still_shot_much(truth):
+    raw, smooth = truth["per-frame"]["still"], truth["new"]["still"]
+    assert smooth.dtssd <= 0.4 * raw.dtssd
+    assert smooth.mad <= 1.03 * raw.mad
