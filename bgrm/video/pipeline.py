@@ -8,6 +8,7 @@ thread. Queues of two frames between them bound memory for any length.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -118,10 +119,11 @@ class MaskFilter:
         back[np.abs(back) < self.STILL] = 0.0
         forth = self._flow.calc(grey[1], grey[0], None)
         h, w = grey[0].shape
-        xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        xs, ys = _grid(w, h)
         mx, my = xs + back[..., 0], ys + back[..., 1]
         seen = cv2.remap(prev, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        error = cv2.absdiff(seen, thumb).max(axis=2).astype(np.float32) / 255.0
+        d = cv2.absdiff(seen, thumb)
+        error = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]).astype(np.float32) / 255
         if cv2.resize(error, (16, 16), interpolation=cv2.INTER_AREA).mean() > self.CUT:
             return None
         # Going back along ``back`` and forth again along ``forth`` should land home.
@@ -132,10 +134,16 @@ class MaskFilter:
         trust[(mx < 0) | (my < 0) | (mx > w - 1) | (my > h - 1)] = 0.0
         sh, sw = state.shape
         flow = cv2.resize(back, (sw, sh), interpolation=cv2.INTER_LINEAR)
-        xs, ys = np.meshgrid(np.arange(sw, dtype=np.float32), np.arange(sh, dtype=np.float32))
+        xs, ys = _grid(sw, sh)
         moved = cv2.remap(state, xs + flow[..., 0] * (sw / w), ys + flow[..., 1] * (sh / h),
                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return moved, cv2.resize(trust, (sw, sh), interpolation=cv2.INTER_LINEAR)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's own x and y (float32): cv2.remap's maps for no motion."""
+    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
 
 def matting_threads() -> int:
