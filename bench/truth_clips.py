@@ -183,24 +183,32 @@ class Score:
     mse: float  # x 1e3
     dtssd: float  # x 1e2
     frame_mad: np.ndarray  # each frame's MAD, x 1e3
+    # Trailing: each frame's mean alpha (%) where the subject was a frame before
+    # and is no more (NaN where that is under 50 pixels), and its mean.
+    frame_trail: np.ndarray
+    trail: float
 
 
 def score(pred: np.ndarray, truth: np.ndarray) -> Score:
-    """MAD, MSE and dtSSD of an N x H x W alpha (uint8) against the truth."""
+    """MAD, MSE, dtSSD and trail of an N x H x W alpha (uint8) against the truth."""
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ")
-    frame_mad, frame_mse, dt = [], [], []
+    frame_mad, frame_mse, dt, trail = [], [], [], []
     before = None
-    for p, t in zip(pred, truth, strict=True):
+    for i, (p, t) in enumerate(zip(pred, truth, strict=True)):
         err = (p.astype(np.float32) - t.astype(np.float32)) / 255
         frame_mad.append(np.abs(err).mean())
         frame_mse.append(np.square(err).mean())
         if before is not None:
             # (p_t - p_t-1) - (t_t - t_t-1) is the change of the error.
             dt.append(np.sqrt(np.square(err - before).mean()))
+            left = (truth[i - 1] >= 128) & (t < 128)
+            trail.append(p[left].mean() / 2.55 if left.sum() >= 50 else np.nan)
         before = err
+    trail = np.array(trail)
     return Score(1e3 * float(np.mean(frame_mad)), 1e3 * float(np.mean(frame_mse)),
-                 1e2 * float(np.mean(dt)), 1e3 * np.array(frame_mad))
+                 1e2 * float(np.mean(dt)), 1e3 * np.array(frame_mad), trail,
+                 float(np.nanmean(trail)) if np.isfinite(trail).any() else float("nan"))
 
 
 # --- bgrm's runs: per-frame masks, the smoothing before this benchmark, today's --------
@@ -333,19 +341,35 @@ def filter_cost(clip: Path, reps: int = 3) -> dict[str, float]:
 
 
 def markdown(results: list[Measured]) -> str:
-    """The docs' table: each shot's measures per mode, at each size."""
-    lines = ["| size | shot | MAD per-frame / old / new | MSE per-frame / old / new "
-             "| dtSSD per-frame / old / new | worst frame MAD vs per-frame, old / new |",
+    """The docs' table: each shot's measures per mode (per-frame / old / new), at each size."""
+    lines = ["| size | shot | MAD | MSE | dtSSD | trail % (worst frame) |",
              "|---|---|---|---|---|---|"]
     for m in results:
         for shot in SHOTS:
             s = {mode: m.scores[mode][shot] for mode in MODES}
-            worst = [(s[k].frame_mad / s["per-frame"].frame_mad).max() for k in ("old", "new")]
-            lines.append(
-                f"| {m.size[1]}p | {shot} | "
-                + " | ".join(" / ".join(f"{getattr(s[k], a):.{d}f}" for k in MODES)
-                             for a, d in (("mad", 1), ("mse", 2), ("dtssd", 2)))
-                + f" | {worst[0]:.2f}x / {worst[1]:.2f}x |")
+            trail = " / ".join("-" if np.isnan(s[k].trail) else
+                               f"{s[k].trail:.1f} ({np.nanmax(s[k].frame_trail):.0f})"
+                               for k in MODES)
+            lines.append(f"| {m.size[1]}p | {shot} | "
+                         + " | ".join(" / ".join(f"{getattr(s[k], a):.{d}f}" for k in MODES)
+                                      for a, d in (("mad", 2), ("mse", 2), ("dtssd", 2)))
+                         + f" | {trail} |")
+    return "\n".join(lines)
+
+
+def ratios(results: list[Measured]) -> str:
+    """Old and new against per-frame masks: dtSSD, MAD, worst frame's MAD, trail."""
+    lines = ["| size | shot | dtSSD old / new | MAD old / new | worst frame MAD old / new "
+             "| trail old / new (points) |", "|---|---|---|---|---|---|"]
+    for m in results:
+        for shot in SHOTS:
+            raw, *smooth = (m.scores[mode][shot] for mode in MODES)
+            cells = [" / ".join(f"{x:.2f}x" for x in pair) for pair in (
+                [s.dtssd / raw.dtssd for s in smooth], [s.mad / raw.mad for s in smooth],
+                [(s.frame_mad / raw.frame_mad).max() for s in smooth])]
+            trail = "-" if np.isnan(raw.trail) else " / ".join(
+                f"{s.trail - raw.trail:+.1f}" for s in smooth)
+            lines.append(f"| {m.size[1]}p | {shot} | " + " | ".join(cells) + f" | {trail} |")
     return "\n".join(lines)
 
 
@@ -402,6 +426,8 @@ def main() -> None:
             if args.picture and n == 0:
                 picture(results[-1], folder, args.picture)
     print(markdown(results))
+    print()
+    print(ratios(results))
     print()
     print(cost_lines(results))
 
