@@ -71,6 +71,7 @@ class MaskFilter:
         self.strength = strength
         self._state: np.ndarray | None = None  # float32 0..1 at model size
         self._thumb: np.ndarray | None = None
+        self._count = 0  # frames in the average since it started
         self.cuts: list[int] = []  # frame indices where the smoothing started afresh
         self._flow = None
         if strength > 0:
@@ -96,16 +97,20 @@ class MaskFilter:
         new = mask.astype(np.float32) / 255.0
         prev, self._thumb = self._thumb, thumb
         if prev is None or self._state is None or self._state.shape != new.shape:
-            self._state = new
+            self._state, self._count = new, 1
             return mask
         # A picture of another shape is another picture.
         carried = self._carry(prev, thumb, self._state) if prev.shape == thumb.shape else None
         if carried is None:
             self.cuts.append(frame.index)
-            self._state = new
+            self._state, self._count = new, 1
             return mask
         state, trust = carried
-        self._state = new + (self.strength * trust) * (state - new)
+        # Until the average holds a few frames it is their plain mean: the first
+        # frame (often an encoder's noisier keyframe) weighs no more than the next.
+        keep = min(self.strength, self._count / (self._count + 1))
+        self._count += 1
+        self._state = new + (keep * trust) * (state - new)
         return (self._state * 255.0 + 0.5).astype(np.uint8)
 
     def _carry(self, prev: np.ndarray, thumb: np.ndarray, state: np.ndarray):
