@@ -166,8 +166,9 @@ def make_clips(folder: Path, size: tuple[int, int], frames: int,
                shots=SHOTS) -> list[Clip]:
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
-    for n, shot in enumerate(shots):
-        pictures, truth = render(shot, size, frames, seed=n)
+    for shot in shots:
+        # Each shot its own noise and shake, the same whichever shots are made.
+        pictures, truth = render(shot, size, frames, seed=SHOTS.index(shot))
         clips.append(Clip(shot, encode(folder / f"{shot}.mp4", pictures), truth))
     return clips
 
