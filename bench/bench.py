@@ -787,5 +787,37 @@ def row_serve_load(b: Bench) -> None:
 ROWS += [row_serve_batch, row_serve_load]
 
 
+def row_truth(b: Bench) -> None:
+    """Video mattes against the true alpha (bench/truth_clips.py, docs/temporal.md):
+    each shot's dtSSD and MAD with smoothing as ratios to per-frame masks (new,
+    and the old motion-gated smoothing beside it), the moving subject's worst
+    frame, and the whole command's time per frame, new against old, alternated."""
+    import truth_clips as tc
+
+    frames = 12 if b.quick else 24
+    for w, h in ((640, 360), (1280, 720)):
+        m = tc.measure((w, h), frames, b.work / f"truth{h}", b.reps, b.env)
+        for shot in tc.SHOTS:
+            raw, old, new = (m.scores[k][shot] for k in tc.MODES)
+            dt, mad = new.dtssd / raw.dtssd, new.mad / raw.mad
+            ok = dt <= 0.4 and new.dtssd <= old.dtssd if shot == "still" else \
+                dt <= 0.6 and mad <= 1.03
+            b.table.add(f"{h}p {shot}: dtSSD, MAD vs per-frame", f"{dt:.2f}x, {mad:.3f}x",
+                        f"old {old.dtssd / raw.dtssd:.2f}x, {old.mad / raw.mad:.3f}x", "-",
+                        "<= 0.4x and <= old" if shot == "still" else "<= 0.6x, <= 1.03x", ok)
+        worst = {k: (m.scores[k]["subject"].frame_mad / m.scores["per-frame"]["subject"]
+                     .frame_mad).max() for k in ("old", "new")}
+        b.table.add(f"{h}p subject: worst frame MAD vs per-frame", f"{worst['new']:.2f}x",
+                    f"old {worst['old']:.2f}x", "-", "<= 1.10x", worst["new"] <= 1.10)
+        old, new = (statistics.median(m.seconds[k]) / m.frames for k in ("old", "new"))
+        b.table.add(f"{h}p smoothing cost, whole command", f"{new * 1e3:.0f} ms/frame",
+                    f"{old * 1e3:.0f} ms/frame (old smoothing)", f"{new / old:.3f}x",
+                    "<= 1.10x", new / old <= 1.10,
+                    cpu=f"filter alone {m.filter_ms['new']:.1f} vs {m.filter_ms['old']:.1f} ms")
+
+
+ROWS.append(row_truth)
+
+
 if __name__ == "__main__":
     main()
