@@ -93,6 +93,9 @@ def commit(held: Path, dst: Path) -> None:
     """
     try:
         _replace(held, dst)
+    except OutputError:
+        remove_tmp(held)
+        raise
     except OSError as exc:
         remove_tmp(held)
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
@@ -104,8 +107,10 @@ def atomic_folder(dst: Path) -> Iterator[Path]:
     temporary name, renamed onto ``dst`` only when complete.
 
     An earlier ``dst`` folder is moved aside first and removed after, so
-    whatever is found at ``dst`` is always one whole run's output.
+    whatever is found at ``dst`` is always one whole run's output; a folder
+    holding anything else is refused before any work (``check_replaceable``).
     """
+    check_replaceable(dst)
     tmp = tmp_name(dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -122,12 +127,36 @@ def _replace(src: Path, dst: Path) -> None:
     """os.replace, also for a folder onto an earlier folder (which os.replace
     refuses unless empty): that one is moved aside first and removed after."""
     if src.is_dir() and dst.is_dir() and not dst.is_symlink():
+        check_replaceable(dst)  # again: the folder may have been filled meanwhile
         old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
         os.rename(dst, old)
         os.rename(src, dst)
         remove_tmp(old)
     else:
         os.replace(src, dst)
+
+
+def sequence_names(dst: Path) -> re.Pattern:
+    """The names bgrm writes inside the PNG-sequence folder ``dst``: its numbered
+    frames and its audio (bgrm.video.writer)."""
+    return re.compile(re.escape(dst.name) + r"(_\d+\.png|\.wav)")
+
+
+def check_replaceable(dst: Path) -> None:
+    """Refuse a folder at ``dst`` that a PNG sequence would replace unless it holds
+    nothing but an earlier sequence's files: anything else there is the user's."""
+    if not dst.is_dir() or dst.is_symlink():
+        return  # nothing there, or a file: the rename itself refuses a file or link
+    ours = sequence_names(dst)
+    try:
+        foreign = [p.name for p in dst.iterdir()
+                   if not (ours.fullmatch(p.name) and p.is_file() and not p.is_symlink())]
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
+    if foreign:
+        raise OutputError(f"{dst}: a folder that holds other files ({', '.join(sorted(foreign)[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}), not only an earlier PNG "
+                          "sequence of bgrm's; move it or choose another -o")
 
 
 def remove_tmp(path: Path) -> None:

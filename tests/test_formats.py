@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -273,3 +274,56 @@ def test_a_video_batch_on_a_terminal_shows_its_frame_total_and_time_left(talk, t
              if (m := re.search(r"(\d+)/~17 frames \[\d\d:\d\d elapsed, ~\d\d:\d\d left", ln))]
     assert any(int(m.group(1)) > 0 for m in timed), lines
     assert any("17/17 frames" in ln for ln in lines), lines
+
+
+@pytest.mark.parametrize("where", ["beside", "-o"])
+def test_png_sequence_never_replaces_a_folder_holding_other_files(where, tmp_path, run_main,
+                                                                  models_home):
+    """Only an earlier sequence (bgrm's numbered frames and WAV) is replaced; a
+    folder with anything else in the output's place is refused, kept as it was."""
+    (tmp_path / "in").mkdir()
+    clip = make_clip(tmp_path / "in" / "clip.mp4", FIXTURES / "astronaut.png", frames=3)
+    out = clip.parent if where == "beside" else tmp_path / "out"
+    theirs = out / "clip_processed"
+    (theirs / "sub").mkdir(parents=True)
+    (theirs / "sub" / "notes.txt").write_text("keep")
+    (theirs / "clip_processed_000001.png").write_bytes(b"mine, not bgrm's")
+    args = ["-o", out] if where == "-o" else []
+    status, _, err = run_main("video", clip, "--video-format", "png_sequence", *args)
+    assert status == 1
+    assert f"{theirs}: a folder that holds other files (sub)" in err
+    assert "Traceback" not in err
+    assert (theirs / "sub" / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in theirs.iterdir()) == ["clip_processed_000001.png", "sub"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["clip_processed"] + (["clip.mp4"] if where == "beside" else []))  # no temporary
+    # Emptied of the user's files, the folder is bgrm's to replace.
+    shutil.rmtree(theirs / "sub")
+    status, _, err = run_main("video", clip, "--video-format", "png_sequence", *args)
+    assert status == 0, err
+    assert sorted(p.name for p in theirs.iterdir()) == [
+        f"clip_processed_{i:06d}.png" for i in range(1, 4)]
+
+
+def test_a_held_sequence_is_not_committed_over_a_folder_filled_meanwhile(tmp_path):
+    """The executors' commit step checks the folder again when it moves a finished
+    sequence into place: a file put there during the run is kept."""
+    from bgrm.errors import OutputError
+    from bgrm.outputs import commit, held_name
+
+    dst = tmp_path / "clip_processed"
+    held = held_name(dst, "run-0")
+    held.mkdir()
+    (held / "clip_processed_000001.png").write_bytes(b"new frame")
+    dst.mkdir()
+    (dst / "clip_processed_000001.png").write_bytes(b"old frame")
+    (dst / "clip_processed.wav").write_bytes(b"old sound")
+    (dst / "edit.txt").write_text("keep")
+    with pytest.raises(OutputError, match="holds other files"):
+        commit(held, dst)
+    assert (dst / "edit.txt").read_text() == "keep" and not held.exists()
+    (dst / "edit.txt").unlink()
+    held.mkdir()
+    (held / "clip_processed_000001.png").write_bytes(b"new frame")
+    commit(held, dst)
+    assert [p.read_bytes() for p in dst.iterdir()] == [b"new frame"]

@@ -13,7 +13,6 @@ import functools
 import http.server
 import json
 import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -90,21 +89,6 @@ def patched(tiny, monkeypatch, models_home) -> dict[str, Path]:
         monkeypatch.setitem(models.REGISTRY, name, dataclasses.replace(
             models.REGISTRY[name], checksum=md5sum(path)))
     return tiny
-
-
-@pytest.fixture
-def run_main(monkeypatch, capfd):
-    """The real ``bgrm.cli.main`` in this process: ``(exit status, stdout, stderr)``."""
-    from bgrm import cli
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["bgrm", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-        out, err = capfd.readouterr()
-        return exit_.value.code, out, err
-
-    return run
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
