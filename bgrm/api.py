@@ -146,11 +146,12 @@ class Session:
         """
         self._check_model(params)
         opts = _options("video", params)
-        return list(self.write("video", Path(src), Path(dst), opts).notes)
+        return list(self.write("video", *_paths(src, dst), opts).notes)
 
     def write(self, job: str, src: Path, dst: Path, opts, progress: Progress | None = None
               ) -> Processed:
         """One input file -> one output file with options already built (the CLI's way in)."""
+        check_destination(job, src, dst, opts)
         return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
 
     def cut(self, data: Image.Image | bytes, opts: ImageOptions, name: str = "<image>"):
@@ -160,6 +161,35 @@ class Session:
 
         decoded = decode(data, name) if isinstance(data, bytes) else from_picture(data, name)
         return render(decoded, opts, self.segmenter), decoded
+
+
+def _paths(src: str | Path, dst: str | Path) -> tuple[Path, Path]:
+    # Path("") is the current folder: an empty name is a mistake, never "here".
+    for name, value in (("src", src), ("dst", dst)):
+        if not isinstance(value, (str, Path)) or not str(value).strip():
+            raise ParameterError(f"{name}: a file name, not {value!r}")
+    return Path(src), Path(dst)
+
+
+def check_destination(job: str, src: Path, dst: Path, opts) -> None:
+    """The output rules the command line's naming keeps, for any caller's ``dst``:
+    never the input's own file (same path, a link or a hard link to it), and the
+    extension of the format written (none for a PNG sequence's folder)."""
+    from bgrm.batch import EXTENSIONS
+    from bgrm.outputs import file_keys
+
+    if file_keys(src) & file_keys(dst):
+        raise ParameterError(f"dst {dst}: is the input {src} itself; an output never "
+                             "replaces its input")
+    ext = JOBS[job].output_extension(opts)
+    fmt = f"video_format {opts.video_format}" if job == "video" else f"format {opts.format}"
+    if ext and dst.suffix.lower() != f".{ext}":
+        raise ParameterError(f"dst {dst}: {fmt} writes a .{ext} file, not "
+                             f"{dst.suffix or 'a name without an extension'}")
+    known = {e for exts in EXTENSIONS.values() for e in exts} | {".mov", ".png", ".wav"}
+    if not ext and dst.suffix.lower() in known:
+        raise ParameterError(f"dst {dst}: {fmt} writes a folder of PNG frames, not "
+                             f"a {dst.suffix} file")
 
 
 def remove_with(session: Session, image, opts: ImageOptions):
@@ -227,4 +257,4 @@ def remove_video(src: str | Path, dst: str | Path, **params: Any) -> list[str]:
     True
     """
     opts = _options("video", params)
-    return list(_session(opts).write("video", Path(src), Path(dst), opts).notes)
+    return list(_session(opts).write("video", *_paths(src, dst), opts).notes)

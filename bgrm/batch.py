@@ -9,7 +9,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from bgrm.outputs import SUFFIX, is_output_name
+from bgrm.outputs import SUFFIX, file_keys, is_output_name
 from bgrm.report import Result
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
@@ -101,7 +101,8 @@ def name_outputs(files: list[Path], output_dir: Path | None, ext: str,
     input order, so reruns give the same names.
     """
     taken: set[Path] = set()
-    inputs = {p.resolve() for p in files}
+    # An output is never an input's own file: its path, through a link or a hard link.
+    inputs = set().union(*(file_keys(p) for p in files))
     # abspath, not resolve(): a linked folder or file keeps the place it was found at.
     folders = [Path(os.path.abspath(r)) for r in roots if r.strip() and Path(r).is_dir()]
     names = []
@@ -111,7 +112,7 @@ def name_outputs(files: list[Path], output_dir: Path | None, ext: str,
         dot = f".{ext}" if ext else ""  # no extension: a folder (PNG sequence)
         dst = folder / f"{base}{dot}"
         n = 2
-        while dst.resolve() in taken or dst.resolve() in inputs:
+        while dst.resolve() in taken or file_keys(dst) & inputs:
             dst = folder / f"{base}_{n}{dot}"
             n += 1
         taken.add(dst.resolve())

@@ -23,6 +23,17 @@ def tmp_name(dst: Path) -> Path:
     return dst.with_name(f".{dst.stem}{TMP_MARK}{os.getpid()}{dst.suffix}")
 
 
+def file_keys(path: Path) -> set:
+    """What identifies the file ``path`` names: its resolved path (symlinks
+    followed) and, when it exists, its device and inode (hard links). Two paths
+    sharing a key are one file; an output must share none with its input."""
+    keys: set = {path.resolve()}
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
 def describe_os_error(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import doctest
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from videoclips import make_clip
 import bgrm
 from bgrm import api
 from bgrm.errors import ParameterError
+from bgrm.options import from_params
 
 
 def test_docstring_examples_run(fixtures, tmp_path, models_home):
@@ -102,3 +105,41 @@ def test_a_session_keeps_its_model(fixtures, models_home):
         session.remove(Image.new("RGB", (8, 8)), model="u2net")
     with pytest.raises(ParameterError, match="a PIL image, bytes or a numpy array"):
         session.remove("photo.jpg")
+
+
+def test_remove_video_never_writes_over_its_input(fixtures, tmp_path, models_home):
+    """The command line's rule holds for the API's own paths too: an output is never
+    its input's file, by its name, a link or a hard link; images and videos alike."""
+    clip = make_clip(tmp_path / "x.mp4", fixtures / "astronaut.png", frames=2)
+    (tmp_path / "hard.mov").hardlink_to(clip)
+    (tmp_path / "link.mov").symlink_to(clip)
+    (tmp_path / "link.mp4").symlink_to(clip)
+    original = clip.read_bytes()
+    for src, dst in [(clip, clip), (clip, tmp_path / "." / "x.mp4"), (str(clip), str(clip)),
+                     (clip, tmp_path / "hard.mov"), (clip, tmp_path / "link.mov"),
+                     (tmp_path / "link.mp4", clip)]:
+        kw = {"video_format": "mattekey"} if Path(dst).suffix == ".mp4" else {}
+        with pytest.raises(ParameterError, match="is the input .* itself"):
+            bgrm.remove_video(src, dst, frame_limit=2, **kw)
+    assert clip.read_bytes() == original and (tmp_path / "hard.mov").read_bytes() == original
+    photo = tmp_path / "cat.png"
+    photo.write_bytes((fixtures / "chelsea.png").read_bytes())
+    session = bgrm.Session("u2netp")
+    with pytest.raises(ParameterError, match="is the input .* itself"):
+        session.write("image", photo, photo, from_params("image", {}))
+    assert photo.read_bytes() == (fixtures / "chelsea.png").read_bytes()
+
+
+@pytest.mark.parametrize("dst, params, says", [
+    ("out.webm", {}, "video_format mov writes a .mov file, not .webm"),
+    ("out", {}, "video_format mov writes a .mov file, not a name without an extension"),
+    ("out.mov", {"video_format": "gif"}, "video_format gif writes a .gif file, not .mov"),
+    ("out.mov", {"video_format": "png_sequence"}, "writes a folder of PNG frames, not a .mov"),
+    ("", {}, "dst: a file name, not ''"),
+])
+def test_remove_video_refuses_a_destination_that_does_not_fit(dst, params, says, fixtures,
+                                                              tmp_path, models_home):
+    clip = make_clip(tmp_path / "x.mp4", fixtures / "astronaut.png", frames=2)
+    with pytest.raises(ParameterError, match=re.escape(says)):
+        bgrm.remove_video(clip, tmp_path / dst if dst else dst, frame_limit=2, **params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models-home", "x.mp4"]
