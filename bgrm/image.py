@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import stat
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -14,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bgrm import compose, edges
 from bgrm.errors import InputError, first_line
+from bgrm.inputs import check_file
 from bgrm.options import ImageOptions
 
 # Beyond this many pixels an image is refused before it is decoded: a
@@ -91,11 +91,9 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     """Read an image file (or bytes) into upright 8-bit RGB plus its own alpha."""
     notes: list[str] = []
     _register_heif()
-    if isinstance(data, Path) and _special(data):
-        # A pipe with no writer would block forever, /dev/zero never ends.
-        raise InputError(f"{name}: not a regular file (a pipe or a device); "
-                         "give the bytes on standard input with - instead")
-    if (len(data) if isinstance(data, bytes) else _size(data)) == 0:
+    if isinstance(data, Path):
+        check_file(data, name, "image")
+    elif not data:
         raise InputError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
@@ -188,21 +186,6 @@ def _what_it_is(data: bytes | Path) -> str:
     if head and all(32 <= c < 127 or c in b"\t\r\n" for c in head):
         return "a text file"
     return "unknown or unsupported format"
-
-
-def _special(path: Path) -> bool:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False  # Image.open says what is wrong
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None  # Image.open says what is wrong
 
 
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:

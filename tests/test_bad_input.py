@@ -324,3 +324,26 @@ def test_fuzz_video_entry_point(tmp_path):
     _fuzz(hypothesis, seeds, src, dst, lambda: process_file(src, dst, opts,
                                                             _StubVideoSegmenter()),
           examples=60, seconds=30, errors=BgrmError, after=nothing_running)
+
+
+def test_video_pipes_devices_folders_and_missing_files_say_what_they_are(tmp_path, fixtures,
+                                                                         run_main, models_home):
+    """`bgrm video` and `bgrm.remove_video` refuse what is not a regular file with
+    the reason `bgrm image` gives, never "empty file" or a raw exception."""
+    import bgrm
+    from bgrm.errors import InputError
+
+    os.mkfifo(tmp_path / "fifo.mp4")  # nobody will ever write to it
+    status, out, err = run_main("video", tmp_path / "fifo.mp4", "/dev/zero", "--json",
+                                "-o", tmp_path / "out")
+    assert status == 1
+    assert [f["error"] for f in json.loads(out)["failed"]] == [
+        f"{tmp_path / 'fifo.mp4'}: not a regular file (a pipe or a device)",
+        "/dev/zero: not a regular file (a pipe or a device)"]
+    (tmp_path / "album.mp4").mkdir()
+    for src, says in [(tmp_path / "missing.mp4", "no such file"),
+                      (tmp_path / "album.mp4", "is a folder, not a video"),
+                      ("/dev/zero", "not a regular file")]:
+        with pytest.raises(InputError, match=f"^{src}: {says}"):
+            bgrm.remove_video(src, tmp_path / "out.mov")
+    assert not (tmp_path / "out.mov").exists()
