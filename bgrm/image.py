@@ -224,8 +224,8 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
         # What was already transparent in the input stays transparent.
         alpha = (alpha.astype(np.uint16) * decoded.alpha // 255).astype(np.uint8)
     if opts.only_mask:
-        return Image.fromarray(alpha)
-    if opts.bg_type == "color":
+        picture = Image.fromarray(alpha)
+    elif opts.bg_type == "color":
         picture = Image.fromarray(compose.over(fg, alpha, opts.bg_color))
     elif opts.bg_type == "image":
         back = compose.cover(load_background(opts.bg_image), (rgb.shape[1], rgb.shape[0]))
@@ -238,8 +238,9 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
         picture = picture.crop(box)
         # process_file reports it (--json); the PNG encoder ignores unknown info keys.
         picture.info[CROP_BOX] = box
-    if decoded.icc_profile:
-        picture.info["icc_profile"] = decoded.icc_profile  # encode_png writes it
+    if decoded.icc_profile and not opts.only_mask:
+        # encode_png writes it; an RGB profile does not fit a grey mask.
+        picture.info["icc_profile"] = decoded.icc_profile
     return picture
 
 
