@@ -188,12 +188,21 @@ def remove_leftovers(folders, pid: int) -> None:
                 remove_tmp(path)
 
 
-# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem; the
-# frames of a PNG sequence add their number: <stem>_processed_2_000001.
-_OUTPUT_STEM = re.compile(re.escape(SUFFIX) + r"(_\d+){0,2}$")
+# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem (or the
+# first name was an input's own).
+_OUTPUT_STEM = re.compile(r"(.+)" + re.escape(SUFFIX) + r"(?:_(\d+))?")
 
 
-def is_output_name(path: Path) -> bool:
-    """True for files bgrm itself wrote (``*_processed.*``, ``*_processed_2.*``)
-    and its temporaries."""
-    return bool(_OUTPUT_STEM.search(path.stem)) or TMP_MARK in path.name
+def output_of(path: Path) -> tuple[str, int] | None:
+    """The stem of the input whose output ``path`` is named like, and its number
+    (``("x", 1)`` for ``x_processed.png``, ``("x", 2)`` for ``x_processed_2.mov``),
+    or None."""
+    found = _OUTPUT_STEM.fullmatch(path.stem)
+    return (found.group(1), int(found.group(2) or 1)) if found else None
+
+
+def in_sequence(path: Path) -> bool:
+    """True for a frame or the audio inside a PNG sequence's folder: its name is the
+    folder's own (``x_processed/x_processed_000001.png``), as only bgrm names them."""
+    return _OUTPUT_STEM.fullmatch(path.parent.name) is not None and \
+        sequence_names(path.parent).fullmatch(path.name) is not None
