@@ -32,6 +32,22 @@ class ColorType(click.ParamType):
             self.fail(f"{value!r} is not a hex colour like '#00ff00' or '#0f0'", param, ctx)
 
 
+class Seconds(click.FloatRange):
+    """More than 0 and at most a million seconds (11 days), and a number: nan and
+    inf pass a range check, and timers overflow on 1e300."""
+
+    name = "seconds"
+
+    def __init__(self):
+        super().__init__(0, 1e6, min_open=True)
+
+    def convert(self, value, param, ctx):
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:  # nan compares unequal to itself
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
 def _click_option(p):
     """One PARAMS row -> a Click option with the same range and default."""
     kwargs: dict = {"help": p.help, "default": None}
@@ -72,10 +88,9 @@ def job_options(job: str):
             click.option("-j", "--jobs", "processes", type=click.IntRange(1, 256),
                          help="Worker processes, one file each [default: one process, "
                               "several images at once on threads, by cores]."),
-            click.option("--timeout", type=click.FloatRange(0, min_open=True),
-                         metavar="SECONDS",
+            click.option("--timeout", type=Seconds(), metavar="SECONDS",
                          help="A file that takes longer fails alone; its worker process is "
-                              "replaced [default: no limit]."),
+                              "replaced [default: no limit: leave the option out]."),
             click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
                          show_default=True, help="Where the model runs."),
             click.option("--threads", type=click.IntRange(1, 256),
