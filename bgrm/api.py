@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bgrm.errors import ParameterError
+from bgrm.errors import ModelError, ParameterError
 from bgrm.options import ImageOptions, VideoOptions, from_params
 
 if TYPE_CHECKING:
@@ -152,7 +152,11 @@ class Session:
               ) -> Processed:
         """One input file -> one output file with options already built (the CLI's way in)."""
         check_destination(job, src, dst, opts)
-        return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
+        try:
+            return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
+        except ModelError as exc:
+            # The model failed on this file only (its graph was checked at load).
+            raise ModelError(f"{src}: {exc}") from exc
 
     def cut(self, data: Image.Image | bytes, opts: ImageOptions, name: str = "<image>"):
         """(picture, decoded) for an image in memory, with options already built:

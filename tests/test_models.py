@@ -405,6 +405,50 @@ def test_wrong_shaped_custom_onnx_fails_for_video_too(bgrm, fixtures, tmp_path):
     assert proc.returncode == 2 and b"1-channel saliency map" in proc.stderr
 
 
+def test_a_fixed_batch_of_two_is_refused_before_any_file(run_main, fixtures, tmp_path,
+                                                        models_home):
+    bad = standin_onnx(tmp_path / "batch2.onnx", "u2net", batch=2)
+    out = tmp_path / "out"
+    status, _, err = run_main("image", fixtures / "chelsea.png", fixtures / "coffee.png",
+                              "--model", bad, "-o", out)
+    assert status == 2, err
+    assert f"model {bad}: input 'input.1' is [2, 3, 320, 320], a fixed batch of 2" in err
+    assert err.count("bgrm:") == 1 and "internal error" not in err
+    assert not out.exists() or not any(out.iterdir())
+    # A named batch dimension (as BiRefNet's and BRIA's exports have) runs.
+    fine = standin_onnx(tmp_path / "named.onnx", "u2net", batch="N")
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", fine, "-o", out)
+    assert status == 0, err
+
+
+def test_a_model_whose_map_is_nan_or_empty_fails_clearly(run_main, fixtures, tmp_path,
+                                                        models_home):
+    """A graph that passes the shape check but gives NaN when run (which would make
+    a fully transparent cut-out) fails each file, naming it and the model, with no
+    output; one whose map has no rows is refused before any file."""
+    import warnings
+
+    from standins import broken_onnx
+
+    nan = broken_onnx(tmp_path / "nan.onnx", "nan")
+    out = tmp_path / "out"
+    photos = [fixtures / "chelsea.png", fixtures / "coffee.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status, stdout, err = run_main("image", *photos, "--model", nan, "-o", out, "--json")
+    assert status == 1, err
+    assert json.loads(stdout)["errors"] == [
+        f"{p}: model {nan}: gave a map with NaN or infinite values for this picture (a "
+        "broken export, or float16 overflow?)" for p in photos]
+    assert "internal error" not in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+    empty = broken_onnx(tmp_path / "empty.onnx", "empty")
+    status, _, err = run_main("image", *photos, "--model", empty, "-o", out)
+    assert status == 2 and err.count("bgrm:") == 1, err
+    assert f"model {empty}: output 0 is [1, 1, 0, 320]" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_custom_not_onnx_and_missing(bgrm, fixtures, tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"definitely not protobuf")
