@@ -209,11 +209,46 @@ def remove_with(session: Session, image, opts: ImageOptions):
         encode(picture, out, opts.format, decoded.exif)
         return out.getvalue()
     if isinstance(image, np.ndarray):
-        picture, _ = session.cut(Image.fromarray(image), opts)
+        picture, _ = session.cut(_array_picture(image), opts)
         return np.asarray(picture)
     if isinstance(image, Image.Image):
         return session.cut(image, opts)[0]
     raise ParameterError(f"image: a PIL image, bytes or a numpy array, not {type(image).__name__}")
+
+
+def _array_picture(arr: np.ndarray) -> Image.Image:
+    """An array as the picture it plainly is: H x W (grey), H x W x 1, 3 (RGB) or 4
+    (RGBA); uint8 as is, bool as black and white, uint16 scaled down, floats as
+    0..1, other integers when they hold 0..255. Anything else is a ParameterError
+    that says what it got and what would do."""
+    import numpy as np
+    from PIL import Image
+
+    got = f"image: an array of {arr.dtype}, shape {arr.shape}"
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        hint = " (channels first? use arr.transpose(1, 2, 0))" \
+            if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise ParameterError(f"{got}; give H x W (grey), H x W x 3 (RGB) or H x W x 4 "
+                             f"(RGBA){hint}")
+    if arr.size == 0:
+        raise ParameterError(f"{got}: no pixels")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = (arr.astype(np.uint32) * 255 + 32767) // 65535
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ParameterError(f"{got}: float values must be 0..1 (divide 0..255 "
+                                 "values by 255)")
+        arr = arr * 255 + 0.5
+    elif arr.dtype.kind in "iu" and arr.dtype != np.uint8:
+        if arr.min() < 0 or arr.max() > 255:
+            raise ParameterError(f"{got}: integer values must be 0..255")
+    elif arr.dtype != np.uint8:
+        raise ParameterError(f"{got}; give uint8, uint16, bool or float 0..1 values")
+    return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
 
 
 _SESSIONS: dict[tuple, Session] = {}

@@ -143,6 +143,12 @@ def from_picture(im: Image.Image, name: str = "<image>") -> Decoded:
     """A picture already in memory (the Python API), made what ``decode`` makes of a
     file: turned upright by its EXIF orientation, 8-bit RGB, its own alpha."""
     check_size(im.size, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in decode: bgrm's size limit holds
+            im.load()  # a lazily opened file is read here, not halfway through
+    except Exception as exc:  # noqa: BLE001 - as in decode: Pillow's parsers' errors
+        raise InputError(f"{name}: corrupt or truncated image ({first_line(exc)})") from exc
     return _to_decoded(ImageOps.exif_transpose(im), name, [], _rgb_profile(im))
 
 

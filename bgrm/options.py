@@ -9,6 +9,7 @@ door it came in by.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,10 +41,16 @@ _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 def parse_color(value, name: str = "color") -> tuple[int, int, int]:
     """'#rrggbb', 'rrggbb' or '#rgb' (or an (r, g, b) already parsed) -> (r, g, b)."""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()  # a numpy array of three channel values
     if isinstance(value, (tuple, list)) and len(value) == 3 and all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
+            isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c <= 255
+            for c in value):
         # The CLI's Click type has parsed the flag already; from_params sees it again.
-        return tuple(value)  # type: ignore[return-value]
+        return tuple(int(c) for c in value)  # type: ignore[return-value]
+    if isinstance(value, (tuple, list)):
+        raise ParameterError(f"{name}: {value!r} is not three integers 0-255 (r, g, b) "
+                             "nor a hex colour like '#00ff00'")
     m = _HEX.match(str(value).strip())
     if not m:
         raise ParameterError(f"{name}: {value!r} is not a hex colour like '#00ff00'")
@@ -85,7 +92,7 @@ class Param:
     def convert(self, value: Any) -> Any:
         """Validate and convert an API value (a string or a typed JSON value)."""
         where = f"{self.name} ({self.flag})"
-        if value is None or value == "":
+        if value is None or isinstance(value, str) and value == "":
             return self.default
         if self.kind == "bool":
             if isinstance(value, bool):

@@ -143,3 +143,48 @@ def test_remove_video_refuses_a_destination_that_does_not_fit(dst, params, says,
     with pytest.raises(ParameterError, match=re.escape(says)):
         bgrm.remove_video(clip, tmp_path / dst if dst else dst, frame_limit=2, **params)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models-home", "x.mp4"]
+
+
+def test_arrays_with_a_plain_meaning_are_taken_and_others_named(fixtures, models_home):
+    """float 0..1, uint16, small integers, bool and H x W x 1 arrays are the picture
+    they plainly are; anything else is a ParameterError saying what it got."""
+    session = bgrm.Session("u2netp")
+    rgb = np.asarray(Image.open(fixtures / "chelsea.png").convert("RGB"))
+    cut = session.remove(rgb)
+    for same in (rgb / 255.0, rgb.astype(np.float32) / 255, rgb.astype(np.uint16) * 257,
+                 rgb.astype(np.int64)):
+        assert np.array_equal(session.remove(same), cut)
+    grey = rgb[..., 1]
+    assert np.array_equal(session.remove(grey[..., None]), session.remove(grey))
+    black_white = (grey > 128).astype(np.uint8) * 255
+    assert np.array_equal(session.remove(grey > 128), session.remove(black_white))
+    for arr, says in [
+        (rgb.astype(np.float64), "image: an array of float64, shape (300, 451, 3): float "
+                                 "values must be 0..1"),
+        (np.full((8, 8), np.nan), "float values must be 0..1"),
+        (rgb.transpose(2, 0, 1), "shape (3, 300, 451); give H x W (grey), H x W x 3 (RGB) "
+                                 "or H x W x 4 (RGBA) (channels first? use arr.transpose"),
+        (rgb[None], "shape (1, 300, 451, 3); give H x W"),
+        (rgb.astype(np.int16) - 100, "integer values must be 0..255"),
+        (np.zeros((0, 4, 3), np.uint8), "no pixels"),
+        (np.array([["a"]]), "give uint8, uint16, bool or float 0..1 values"),
+    ]:
+        with pytest.raises(ParameterError, match=re.escape(says)):
+            session.remove(arr)
+
+
+def test_a_truncated_lazy_image_and_an_array_colour(fixtures, tmp_path, models_home):
+    from bgrm.errors import InputError
+
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((fixtures / "rocket.jpg").read_bytes()[:20000])
+    with pytest.raises(InputError, match=r"^<image>: corrupt or truncated image \(image file "
+                                         "is truncated"):
+        bgrm.remove(Image.open(cut), model="u2netp")
+    photo = Image.open(fixtures / "chelsea.png")
+    as_hex = bgrm.remove(photo, model="u2netp", bg_type="color", bg_color_value="#ff0000")
+    as_array = bgrm.remove(photo, model="u2netp", bg_type="color",
+                           bg_color_value=np.array([255, 0, 0]))
+    assert np.array_equal(np.asarray(as_hex), np.asarray(as_array))
+    with pytest.raises(ParameterError, match=r"\[300, 0, 0\] is not three integers 0-255"):
+        bgrm.remove(photo, model="u2netp", bg_type="color", bg_color_value=[300, 0, 0])
