@@ -104,8 +104,11 @@ class Session:
                  model_family: str | None = None, device: str = "auto",
                  threads: int | None = None, spinning: bool = True):
         from bgrm.models import ResolvedModel, resolve
+        from bgrm.options import DEVICES
         from bgrm.segment import get_segmenter
 
+        if device not in DEVICES:
+            raise ParameterError(f"device: {device!r} is not one of {', '.join(DEVICES)}")
         if not isinstance(model, ResolvedModel):
             model = resolve(model, model_family,
                             notice=lambda m: warnings.warn(m.removeprefix("bgrm: "),

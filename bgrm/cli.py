@@ -16,7 +16,7 @@ import click
 from bgrm import __version__
 from bgrm.errors import BgrmError, ExitStatus, ParameterError, first_line, unwind_on_termination
 from bgrm.models_cli import models
-from bgrm.options import PARAM_BY_NAME, PARAMS, from_params, params_for, parse_color
+from bgrm.options import DEVICES, PARAM_BY_NAME, PARAMS, from_params, params_for, parse_color
 
 
 class ColorType(click.ParamType):
@@ -91,7 +91,7 @@ def job_options(job: str):
             click.option("--timeout", type=Seconds(), metavar="SECONDS",
                          help="A file that takes longer fails alone; its worker process is "
                               "replaced [default: no limit: leave the option out]."),
-            click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+            click.option("--device", type=click.Choice(DEVICES), default="auto",
                          show_default=True, help="Where the model runs."),
             click.option("--threads", type=click.IntRange(1, 256),
                          help="onnxruntime threads per session [default: cores / files "

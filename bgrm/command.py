@@ -52,7 +52,7 @@ def _stdin_image(opts, model: ResolvedModel, device, threads) -> ExitStatus:
                                                                               "<stdin>")
         for note in decoded.notes:
             _say(note)
-    encode(picture, sys.stdout.buffer, opts.format, decoded.exif)
+    encode(picture, sys.stdout.buffer, opts.format, decoded.exif, "<stdin>")
     sys.stdout.buffer.flush()
     return ExitStatus.OK
 

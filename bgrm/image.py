@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bgrm import compose, edges
-from bgrm.errors import InputError, first_line
+from bgrm.errors import InputError, OutputError, first_line
 from bgrm.inputs import check_file, check_size
 from bgrm.options import ImageOptions
 
@@ -113,8 +113,9 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     except PermissionError:
         raise InputError(f"{name}: permission denied") from None
     except UnidentifiedImageError as exc:
-        raise InputError(f"{name}: not an image bgrm can read "
-                         f"({_what_it_is(data)})") from exc
+        what = _what_it_is(data)
+        raise InputError(f"{name}: {what}" if what.startswith("corrupt") else
+                         f"{name}: not an image bgrm can read ({what})") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise TypeError,
         # IndexError, struct.error... on malformed files: all mean the same thing.
         raise InputError(f"{name}: corrupt or truncated image ({first_line(exc)})") from exc
@@ -188,8 +189,12 @@ def _what_it_is(data: bytes | Path) -> str:
     if head.startswith(b"%PDF"):
         return "a PDF document"
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+        if "HEIF" in Image.OPEN:  # pillow-heif registered: the file is what is wrong
+            return "corrupt or truncated image (a HEIC/HEIF file its decoder cannot read)"
         return "HEIC/HEIF, but no decoder for it is installed (pip install pillow-heif)"
     if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        if "AVIF" in Image.OPEN:
+            return "corrupt or truncated image (an AVIF file its decoder cannot read)"
         return "AVIF, but this Pillow has no AVIF decoder (Pillow 11.3 or later has one)"
     if head[4:8] == b"ftyp":
         return "an MP4/MOV-style media file, likely a video: use `bgrm video`"
@@ -291,9 +296,19 @@ def _exif(picture: Image.Image) -> dict:
     return {"exif": exif} if exif else {}
 
 
-def encode(picture: Image.Image, out, fmt: str = "png", exif: bytes | None = None) -> None:
+# The largest side each output format can hold (libwebp; libjpeg's JPEG_MAX_DIMENSION).
+_MAX_SIDE = {"webp": ("WebP", 16383), "jpg": ("JPEG", 65500)}
+
+
+def encode(picture: Image.Image, out, fmt: str = "png", exif: bytes | None = None,
+           name: str = "<image>") -> None:
     """Write ``picture`` to ``out`` (a path or a binary file) as ``fmt``, with the
-    input's EXIF (orientation already applied) and colour profile."""
+    input's EXIF (orientation already applied) and colour profile. A picture
+    larger than ``fmt`` holds is an OutputError naming ``name``, before a byte."""
+    if fmt in _MAX_SIDE and max(picture.size) > _MAX_SIDE[fmt][1]:
+        title, side = _MAX_SIDE[fmt]
+        raise OutputError(f"{name}: the result is {picture.width}x{picture.height}, and "
+                          f"{title} holds at most {side} pixels a side; use format png (--format png)")
     if exif:
         picture.info["exif"] = exif  # beside the colour profile, as render leaves it
     # Looked up at each call, so a test can stand in for one encoder.
@@ -309,7 +324,7 @@ def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=N
     decoded = decode(src, str(src))
     picture = render(decoded, opts, segmenter)
     with atomic_path(dst) as tmp:
-        encode(picture, tmp, opts.format, decoded.exif)
+        encode(picture, tmp, opts.format, decoded.exif, str(src))
     if progress:
         progress(1)
     return Processed(decoded.notes, picture.info.get(CROP_BOX))

@@ -33,6 +33,7 @@ VIDEO_FORMATS = (
     "png_sequence",
 )
 IMAGE_FORMATS = ("png", "webp", "jpg")
+DEVICES = ("auto", "cpu", "cuda")  # where the model runs (--device, Session's device)
 MODEL_FAMILIES = tuple(FAMILIES)  # --model-family, for a model given as a path
 CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremover"}
 
@@ -277,11 +278,11 @@ class ImageOptions:
     format: str = "png"  # png | webp | jpg
 
     def __post_init__(self) -> None:
-        if self.format == "jpg" and self.bg_type == "transparent":
-            what = "a mask" if self.only_mask else "a transparent cut-out"
-            raise ParameterError(f"format (--format) jpg cannot hold {what}: JPEG has no "
-                                 "transparency; use --bg-type color or image, or --format "
-                                 "png or webp")
+        if self.format == "jpg" and self.bg_type == "transparent" and not self.only_mask:
+            # A mask is grey, opaque: JPEG holds it (lossy at its edges).
+            raise ParameterError("format (--format) jpg cannot hold a transparent cut-out: "
+                                 "JPEG has no transparency; use --bg-type color or image, "
+                                 "--only-mask, or --format png or webp")
         if self.bg_type == "image" and self.bg_image is None:
             raise ParameterError("bg_type (--bg-type) image needs a picture: --bg-image PATH")
         if self.bg_image is not None and self.bg_type != "image":

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bgrm.errors import ModelError, first_line
+from bgrm.errors import ModelError, a_or_an, first_line
 from bgrm.models import ResolvedModel
 
 
@@ -112,7 +112,7 @@ class Segmenter:
         outputs = self.session.get_outputs()
         side = family.size
         where = f"model {model.path}"
-        expected = (f"a {family.name}-family ({family.title}) model takes one float input "
+        expected = (f"{a_or_an(family.name)}-family ({family.title}) model takes one float input "
                     f"N x 3 x {side} x {side} and gives a 1-channel saliency map "
                     f"N x 1 x H x W as output {family.output}")
         if len(inputs) != 1 or len(outputs) <= family.output:

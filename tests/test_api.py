@@ -188,3 +188,8 @@ def test_a_truncated_lazy_image_and_an_array_colour(fixtures, tmp_path, models_h
     assert np.array_equal(np.asarray(as_hex), np.asarray(as_array))
     with pytest.raises(ParameterError, match=r"\[300, 0, 0\] is not three integers 0-255"):
         bgrm.remove(photo, model="u2netp", bg_type="color", bg_color_value=[300, 0, 0])
+
+
+def test_a_session_on_an_unknown_device_is_refused():
+    with pytest.raises(ParameterError, match="device: 'tpu' is not one of auto, cpu, cuda"):
+        bgrm.Session("u2netp", device="tpu")

@@ -449,6 +449,24 @@ def test_a_model_whose_map_is_nan_or_empty_fails_clearly(run_main, fixtures, tmp
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_folders_given_as_model_files_and_the_familys_article(run_main, fixtures, tmp_path,
+                                                              models_home):
+    folder = tmp_path / "models.onnx"
+    folder.mkdir()
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", folder)
+    assert status == 2 and f"bgrm: model file {folder}: is a folder, not an .onnx file" in err
+    status, _, err = run_main("models", "install", "u2net", "--from", tmp_path)
+    assert status == 2 and f"bgrm: --from {tmp_path}: is a folder; give the model's .onnx " \
+        "file" in err
+    small = standin_onnx(tmp_path / "small.onnx", "u2net")
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", small,
+                              "--model-family", "isnet", "-o", tmp_path / "out")
+    assert status == 2 and "an isnet-family (IS-Net) model takes" in err, err
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", "isnet-anime",
+                              "--model-family", "u2net")
+    assert status == 2 and "isnet-anime is an isnet model" in err, err
+
+
 def test_custom_not_onnx_and_missing(bgrm, fixtures, tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"definitely not protobuf")
