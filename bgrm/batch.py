@@ -95,7 +95,7 @@ def own_outputs(listed: list[Path], output_dir: Path | None = None
     return ours
 
 
-_MEDIA = frozenset(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + (".wav",))
+_MEDIA = frozenset(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
 
 
 def _skipped(ours: dict[Path, tuple[str, str]], kind: str) -> list[Result]:
