@@ -234,13 +234,15 @@ def test_held_outputs_are_moved_into_place_files_and_folders(tmp_path):
     assert not dst.exists() and held.read_bytes() == b"picture"  # waiting for its result
     commit(held, dst)
     assert dst.read_bytes() == b"picture" and not held.exists()
-    # A folder output replaces an earlier run's folder whole.
+    # A folder output replaces an earlier run's folder (its frames and audio) whole.
     folder = tmp_path / "clip_processed"
     (folder).mkdir()
-    (folder / "old_000001.png").write_bytes(b"old")
+    for name in ("clip_processed_000001.png", "clip_processed_000002.png",
+                 "clip_processed.wav"):
+        (folder / name).write_bytes(b"old")
     held = held_name(folder, "run-1")
     held.mkdir()
-    (held / "new_000001.png").write_bytes(b"new")
+    (held / "clip_processed_000001.png").write_bytes(b"new")
     commit(held, folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["new_000001.png"]
+    assert [p.read_bytes() for p in folder.iterdir()] == [b"new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_processed", "x_processed.png"]
