@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bgrm.errors import ParameterError
+from bgrm.errors import ModelError, ParameterError
 from bgrm.options import ImageOptions, VideoOptions, from_params
 
 if TYPE_CHECKING:
@@ -104,8 +104,11 @@ class Session:
                  model_family: str | None = None, device: str = "auto",
                  threads: int | None = None, spinning: bool = True):
         from bgrm.models import ResolvedModel, resolve
+        from bgrm.options import DEVICES
         from bgrm.segment import get_segmenter
 
+        if device not in DEVICES:
+            raise ParameterError(f"device: {device!r} is not one of {', '.join(DEVICES)}")
         if not isinstance(model, ResolvedModel):
             model = resolve(model, model_family,
                             notice=lambda m: warnings.warn(m.removeprefix("bgrm: "),
@@ -146,12 +149,17 @@ class Session:
         """
         self._check_model(params)
         opts = _options("video", params)
-        return list(self.write("video", Path(src), Path(dst), opts).notes)
+        return list(self.write("video", *_paths(src, dst), opts).notes)
 
     def write(self, job: str, src: Path, dst: Path, opts, progress: Progress | None = None
               ) -> Processed:
         """One input file -> one output file with options already built (the CLI's way in)."""
-        return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
+        check_destination(job, src, dst, opts)
+        try:
+            return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
+        except ModelError as exc:
+            # The model failed on this file only (its graph was checked at load).
+            raise ModelError(f"{src}: {exc}") from exc
 
     def cut(self, data: Image.Image | bytes, opts: ImageOptions, name: str = "<image>"):
         """(picture, decoded) for an image in memory, with options already built:
@@ -160,6 +168,35 @@ class Session:
 
         decoded = decode(data, name) if isinstance(data, bytes) else from_picture(data, name)
         return render(decoded, opts, self.segmenter), decoded
+
+
+def _paths(src: str | Path, dst: str | Path) -> tuple[Path, Path]:
+    # Path("") is the current folder: an empty name is a mistake, never "here".
+    for name, value in (("src", src), ("dst", dst)):
+        if not isinstance(value, (str, Path)) or not str(value).strip():
+            raise ParameterError(f"{name}: a file name, not {value!r}")
+    return Path(src), Path(dst)
+
+
+def check_destination(job: str, src: Path, dst: Path, opts) -> None:
+    """The output rules the command line's naming keeps, for any caller's ``dst``:
+    never the input's own file (same path, a link or a hard link to it), and the
+    extension of the format written (none for a PNG sequence's folder)."""
+    from bgrm.batch import EXTENSIONS
+    from bgrm.outputs import file_keys
+
+    if file_keys(src) & file_keys(dst):
+        raise ParameterError(f"dst {dst}: is the input {src} itself; an output never "
+                             "replaces its input")
+    ext = JOBS[job].output_extension(opts)
+    fmt = f"video_format {opts.video_format}" if job == "video" else f"format {opts.format}"
+    if ext and dst.suffix.lower() != f".{ext}":
+        raise ParameterError(f"dst {dst}: {fmt} writes a .{ext} file, not "
+                             f"{dst.suffix or 'a name without an extension'}")
+    known = {e for exts in EXTENSIONS.values() for e in exts} | {".mov", ".png", ".wav"}
+    if not ext and dst.suffix.lower() in known:
+        raise ParameterError(f"dst {dst}: {fmt} writes a folder of PNG frames, not "
+                             f"a {dst.suffix} file")
 
 
 def remove_with(session: Session, image, opts: ImageOptions):
@@ -175,11 +212,46 @@ def remove_with(session: Session, image, opts: ImageOptions):
         encode(picture, out, opts.format, decoded.exif)
         return out.getvalue()
     if isinstance(image, np.ndarray):
-        picture, _ = session.cut(Image.fromarray(image), opts)
+        picture, _ = session.cut(_array_picture(image), opts)
         return np.asarray(picture)
     if isinstance(image, Image.Image):
         return session.cut(image, opts)[0]
     raise ParameterError(f"image: a PIL image, bytes or a numpy array, not {type(image).__name__}")
+
+
+def _array_picture(arr: np.ndarray) -> Image.Image:
+    """An array as the picture it plainly is: H x W (grey), H x W x 1, 3 (RGB) or 4
+    (RGBA); uint8 as is, bool as black and white, uint16 scaled down, floats as
+    0..1, other integers when they hold 0..255. Anything else is a ParameterError
+    that says what it got and what would do."""
+    import numpy as np
+    from PIL import Image
+
+    got = f"image: an array of {arr.dtype}, shape {arr.shape}"
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        hint = " (channels first? use arr.transpose(1, 2, 0))" \
+            if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) else ""
+        raise ParameterError(f"{got}; give H x W (grey), H x W x 3 (RGB) or H x W x 4 "
+                             f"(RGBA){hint}")
+    if arr.size == 0:
+        raise ParameterError(f"{got}: no pixels")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:
+        arr = (arr.astype(np.uint32) * 255 + 32767) // 65535
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ParameterError(f"{got}: float values must be 0..1 (divide 0..255 "
+                                 "values by 255)")
+        arr = arr * 255 + 0.5
+    elif arr.dtype.kind in "iu" and arr.dtype != np.uint8:
+        if arr.min() < 0 or arr.max() > 255:
+            raise ParameterError(f"{got}: integer values must be 0..255")
+    elif arr.dtype != np.uint8:
+        raise ParameterError(f"{got}; give uint8, uint16, bool or float 0..1 values")
+    return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
 
 
 _SESSIONS: dict[tuple, Session] = {}
@@ -227,4 +299,4 @@ def remove_video(src: str | Path, dst: str | Path, **params: Any) -> list[str]:
     True
     """
     opts = _options("video", params)
-    return list(_session(opts).write("video", Path(src), Path(dst), opts).notes)
+    return list(_session(opts).write("video", *_paths(src, dst), opts).notes)

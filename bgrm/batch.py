@@ -9,7 +9,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from bgrm.outputs import SUFFIX, is_output_name
+from bgrm.outputs import SUFFIX, file_keys, in_sequence, output_of
 from bgrm.report import Result
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
@@ -20,14 +20,16 @@ EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 
 
 def expand(inputs: list[str], kind: str, recursive: bool,
-           warn: Callable[[str], None] | None = None) -> list[Path | Result]:
+           warn: Callable[[str], None] | None = None,
+           output_dir: Path | None = None) -> list[Path | Result]:
     """Files as given; folders as their images (or videos), never bgrm's own outputs.
 
     A missing input becomes a failed Result in its place, so the report keeps
     the order the user gave. ``warn`` hears about folders with nothing to do.
     A file met a second time (named twice, through a link, or inside a folder
     also given) is processed once: its later places hold a Result that says
-    which input it is the same file as.
+    which input it is the same file as. A file of a folder that bgrm wrote
+    (``own_outputs``) holds a Result that says so (``skipped_output``).
     """
     files: list[Path | Result] = []
     for item in inputs:
@@ -40,24 +42,68 @@ def expand(inputs: list[str], kind: str, recursive: bool,
         if path.is_dir():
             try:
                 found = path.rglob("*") if recursive else path.iterdir()
-                chosen = sorted(p for p in found if p.is_file()
-                                and p.suffix.lower() in EXTENSIONS[kind]
-                                and not _hidden(p.relative_to(path))
-                                and not is_output_name(p))
+                listed = [p for p in found if p.is_file() and not _hidden(p.relative_to(path))]
             except OSError as exc:
                 files.append(Result(item, error=f"{item}: cannot read the folder: "
                                     f"{exc.strerror or exc}"))
                 continue
+            ours = own_outputs(listed, output_dir)
+            chosen = sorted(p for p in listed if p.suffix.lower() in EXTENSIONS[kind]
+                            and p not in ours)
             if not chosen and warn is not None:
                 where = "in it or its sub-folders" if recursive else \
                     "in it (--recursive looks into sub-folders)"
                 warn(f"{item}: no {kind}s to process {where}")
+            files.extend(_skipped(ours, kind))
             files.extend(chosen)
         elif path.exists():
             files.append(path)
         else:
             files.append(Result(item, error=f"{item}: no such file or folder"))
     return _once(files)
+
+
+def own_outputs(listed: list[Path], output_dir: Path | None = None
+                ) -> dict[Path, tuple[str, str]]:
+    """Which files of a folder's listing bgrm could have written: ``X_processed.ext``
+    beside an input ``X.*`` of either kind, or in this run's ``output_dir``; the
+    frames of a PNG sequence's folder. Each maps to (what to name as skipped,
+    why): a sequence is named once, by its folder.
+
+    ``X_processed_N`` counts as bgrm's only up to the number it could have
+    reached: one more than the inputs ``X.*`` beside it (name_outputs numbers
+    inputs sharing a stem, and steps over an input that has the first name).
+    """
+    media: dict[tuple[Path, str], list[Path]] = {}
+    for p in listed:
+        if p.suffix.lower() in _MEDIA:
+            media.setdefault((p.parent, p.stem), []).append(p)
+    out = Path(os.path.abspath(output_dir)) if output_dir is not None else None
+    ours: dict[Path, tuple[str, str]] = {}
+    for p in listed:
+        named = output_of(p)
+        if in_sequence(p):
+            ours[p] = (str(p.parent), "a PNG sequence bgrm wrote")
+        elif named is None or p.suffix.lower() not in _MEDIA:
+            continue
+        elif named[1] <= len(media.get((p.parent, named[0]), [])) + 1 and \
+                (p.parent, named[0]) in media:
+            first = sorted(media[p.parent, named[0]])[0].name
+            ours[p] = (str(p), f"named as bgrm's output for {first}")
+        elif out is not None and Path(os.path.abspath(p)).is_relative_to(out):
+            ours[p] = (str(p), "named as bgrm's output, in the output folder -o")
+    return ours
+
+
+_MEDIA = frozenset(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+
+
+def _skipped(ours: dict[Path, tuple[str, str]], kind: str) -> list[Result]:
+    """One Result per skipped output of this kind (a PNG sequence's folder once)."""
+    named = sorted({why for p, why in ours.items() if p.suffix.lower() in EXTENSIONS[kind]})
+    return [Result(shown, skipped_output=why,
+                   notes=[f"{shown}: skipped, {why} (name it alone to process it)"])
+            for shown, why in named]
 
 
 def _once(files: list[Path | Result]) -> list[Path | Result]:
@@ -101,7 +147,8 @@ def name_outputs(files: list[Path], output_dir: Path | None, ext: str,
     input order, so reruns give the same names.
     """
     taken: set[Path] = set()
-    inputs = {p.resolve() for p in files}
+    # An output is never an input's own file: its path, through a link or a hard link.
+    inputs = set().union(*(file_keys(p) for p in files))
     # abspath, not resolve(): a linked folder or file keeps the place it was found at.
     folders = [Path(os.path.abspath(r)) for r in roots if r.strip() and Path(r).is_dir()]
     names = []
@@ -111,7 +158,7 @@ def name_outputs(files: list[Path], output_dir: Path | None, ext: str,
         dot = f".{ext}" if ext else ""  # no extension: a folder (PNG sequence)
         dst = folder / f"{base}{dot}"
         n = 2
-        while dst.resolve() in taken or dst.resolve() in inputs:
+        while dst.resolve() in taken or file_keys(dst) & inputs:
             dst = folder / f"{base}_{n}{dot}"
             n += 1
         taken.add(dst.resolve())

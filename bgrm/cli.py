@@ -17,6 +17,7 @@ from bgrm import __version__
 from bgrm.errors import BgrmError, ExitStatus, ParameterError, first_line, unwind_on_termination
 from bgrm.models_cli import models
 from bgrm.options import (
+    DEVICES,
     EDGE_ORDER,
     PARAM_BY_NAME,
     PARAMS,
@@ -37,6 +38,22 @@ class ColorType(click.ParamType):
         except ParameterError:
             # Click names the option already: "Invalid value for '--bg-color-value'".
             self.fail(f"{value!r} is not a hex colour like '#00ff00' or '#0f0'", param, ctx)
+
+
+class Seconds(click.FloatRange):
+    """More than 0 and at most a million seconds (11 days), and a number: nan and
+    inf pass a range check, and timers overflow on 1e300."""
+
+    name = "seconds"
+
+    def __init__(self):
+        super().__init__(0, 1e6, min_open=True)
+
+    def convert(self, value, param, ctx):
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:  # nan compares unequal to itself
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 def _click_option(p):
@@ -65,17 +82,16 @@ def _click_option(p):
     return click.option(p.flag, p.name, **kwargs)
 
 
-def run_options(timeout_default: str = "no limit") -> list:
+def run_options(timeout_default: str = "no limit: leave the option out") -> list:
     """Where and how files run: the options ``image``, ``video`` and ``serve`` share."""
     return [
         click.option("-j", "--jobs", "processes", type=click.IntRange(1, 256),
                      help="Worker processes, one file each [default: one process, "
                           "several images at once on threads, by cores]."),
-        click.option("--timeout", type=click.FloatRange(0, min_open=True),
-                     metavar="SECONDS",
+        click.option("--timeout", type=Seconds(), metavar="SECONDS",
                      help="A file that takes longer fails alone; its worker process is "
                           "replaced [default: " + timeout_default + "]."),
-        click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto",
+        click.option("--device", type=click.Choice(DEVICES), default="auto",
                      show_default=True, help="Where the model runs."),
         click.option("--threads", type=click.IntRange(1, 256),
                      help="onnxruntime threads per session [default: cores / files "

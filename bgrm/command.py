@@ -52,7 +52,7 @@ def _stdin_image(opts, model: ResolvedModel, device, threads) -> ExitStatus:
                                                                               "<stdin>")
         for note in decoded.notes:
             _say(note)
-    encode(picture, sys.stdout.buffer, opts.format, decoded.exif)
+    encode(picture, sys.stdout.buffer, opts.format, decoded.exif, "<stdin>")
     sys.stdout.buffer.flush()
     return ExitStatus.OK
 
@@ -175,7 +175,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
     if job == "image" and opts.bg_type == "image":
         _check_background(opts)
     model = resolve(opts.model, opts.model_family)
-    entries = batch.expand(inputs, job, recursive, warn=_say)
+    entries = batch.expand(inputs, job, recursive, warn=_say, output_dir=output_dir)
     files = [e for e in entries if isinstance(e, Path)]
     if output_dir is not None:
         _check_output_dir(output_dir)
@@ -187,7 +187,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
     tasks = [Task(job, src, dst, str(src), opts, runtime)
              for src, dst in zip(files, dsts, strict=True)]
     for entry in entries:
-        if isinstance(entry, Result):  # missing, or the same file as an earlier input
+        if isinstance(entry, Result):  # missing, the same file as an earlier input, skipped
             for line in [entry.error] if entry.error else entry.notes:
                 _say(line)
     console = _Console(job, tasks, opts, sys.stderr.isatty() if progress is None else progress,

@@ -58,6 +58,11 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def a_or_an(word: str) -> str:
+    """``word`` with its article: "an isnet", "a u2net" (said "you")."""
+    return f"{'an' if word[:1].lower() in 'aeio' else 'a'} {word}"
+
+
 def one_line(text: str) -> str:
     """A whole message folded onto one line (a per-file error keeps all it says)."""
     return " ".join(text.split()) or "(no message)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import stat
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -13,16 +12,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bgrm import compose, edges
-from bgrm.errors import InputError, first_line
+from bgrm.errors import InputError, OutputError, first_line
+from bgrm.inputs import check_file, check_size
 from bgrm.options import ImageOptions
 
-# Beyond this many pixels an image is refused before it is decoded: a
-# 30000x30000 "decompression bomb" would need ~10 GB just to hold. 16-bit
-# scans and 100 MP medium-format photos still fit.
-MAX_PIXELS = 150_000_000
-# That check replaces Pillow's own, which would otherwise fire first (above
-# 179 MP) with a message about "DOS attacks" instead of the size and the limit.
-Image.MAX_IMAGE_PIXELS = None
 # zlib's run-length strategy at level 1: on 12 MP cutouts 0.6 s instead of
 # 2.0 s (level 6, the default) for files 0-15% larger; plain level 1 is as
 # fast but 25% larger. The README's "Speed" section has the figures.
@@ -91,21 +84,15 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     """Read an image file (or bytes) into upright 8-bit RGB plus its own alpha."""
     notes: list[str] = []
     _register_heif()
-    if isinstance(data, Path) and _special(data):
-        # A pipe with no writer would block forever, /dev/zero never ends.
-        raise InputError(f"{name}: not a regular file (a pipe or a device); "
-                         "give the bytes on standard input with - instead")
-    if (len(data) if isinstance(data, bytes) else _size(data)) == 0:
+    if isinstance(data, Path):
+        check_file(data, name, "image")
+    elif not data:
         raise InputError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb size is checked below, by us
             with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
-                w, h = opened.size
-                if w * h > MAX_PIXELS:
-                    raise InputError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} megapixels, more "
-                                     f"than the {MAX_PIXELS // 1_000_000} MP bgrm will decode "
-                                     "(refused to protect memory)")
+                check_size(opened.size, name)
                 note = _frames_note(opened, name)
                 if note:
                     notes.append(note)
@@ -116,6 +103,9 @@ def decode(data: bytes | Path, name: str) -> Decoded:
                     im = opened.copy()
     except InputError:
         raise
+    except Image.DecompressionBombError as exc:
+        check_size(_header_size(data), name)
+        raise InputError(f"{name}: {first_line(exc)}") from exc  # Pillow's limit, set lower
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
@@ -123,17 +113,43 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     except PermissionError:
         raise InputError(f"{name}: permission denied") from None
     except UnidentifiedImageError as exc:
-        raise InputError(f"{name}: not an image bgrm can read "
-                         f"({_what_it_is(data)})") from exc
+        what = _what_it_is(data)
+        raise InputError(f"{name}: {what}" if what.startswith("corrupt") else
+                         f"{name}: not an image bgrm can read ({what})") from exc
     except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise TypeError,
         # IndexError, struct.error... on malformed files: all mean the same thing.
         raise InputError(f"{name}: corrupt or truncated image ({first_line(exc)})") from exc
     return _to_decoded(im, name, notes, icc)
 
 
+def _header_size(data: bytes | Path) -> tuple[int, int]:
+    """The size a file's header announces, for one Pillow refused as a bomb: its
+    check runs in Image.open, not in the format readers tried here."""
+    with io.BytesIO(data) if isinstance(data, bytes) else data.open("rb") as fp:
+        prefix = fp.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            said = accept(prefix) if accept else True
+            if not said or isinstance(said, str):
+                continue
+            try:
+                fp.seek(0)
+                return factory(fp, "").size
+            except Exception:  # noqa: BLE001, S112 - not this format: try the next
+                continue
+    return (0, 0)
+
+
 def from_picture(im: Image.Image, name: str = "<image>") -> Decoded:
     """A picture already in memory (the Python API), made what ``decode`` makes of a
     file: turned upright by its EXIF orientation, 8-bit RGB, its own alpha."""
+    check_size(im.size, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in decode: bgrm's size limit holds
+            im.load()  # a lazily opened file is read here, not halfway through
+    except Exception as exc:  # noqa: BLE001 - as in decode: Pillow's parsers' errors
+        raise InputError(f"{name}: corrupt or truncated image ({first_line(exc)})") from exc
     return _to_decoded(ImageOps.exif_transpose(im), name, [], _rgb_profile(im))
 
 
@@ -173,8 +189,12 @@ def _what_it_is(data: bytes | Path) -> str:
     if head.startswith(b"%PDF"):
         return "a PDF document"
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc"):
+        if "HEIF" in Image.OPEN:  # pillow-heif registered: the file is what is wrong
+            return "corrupt or truncated image (a HEIC/HEIF file its decoder cannot read)"
         return "HEIC/HEIF, but no decoder for it is installed (pip install pillow-heif)"
     if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        if "AVIF" in Image.OPEN:
+            return "corrupt or truncated image (an AVIF file its decoder cannot read)"
         return "AVIF, but this Pillow has no AVIF decoder (Pillow 11.3 or later has one)"
     if head[4:8] == b"ftyp":
         return "an MP4/MOV-style media file, likely a video: use `bgrm video`"
@@ -188,21 +208,6 @@ def _what_it_is(data: bytes | Path) -> str:
     if head and all(32 <= c < 127 or c in b"\t\r\n" for c in head):
         return "a text file"
     return "unknown or unsupported format"
-
-
-def _special(path: Path) -> bool:
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False  # Image.open says what is wrong
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None  # Image.open says what is wrong
 
 
 def _to_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -241,8 +246,8 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
         # What was already transparent in the input stays transparent.
         alpha = (alpha.astype(np.uint16) * decoded.alpha // 255).astype(np.uint8)
     if opts.only_mask:
-        return Image.fromarray(alpha)
-    if opts.bg_type == "color":
+        picture = Image.fromarray(alpha)
+    elif opts.bg_type == "color":
         picture = Image.fromarray(compose.over(fg, alpha, opts.bg_color))
     elif opts.bg_type == "image":
         back = compose.cover(load_background(opts.bg_image), (rgb.shape[1], rgb.shape[0]))
@@ -252,11 +257,15 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     if opts.edges.crop:
         box = edges.crop_box(edges.subject_box(alpha), opts.edges.crop_margin,
                              (rgb.shape[1], rgb.shape[0]))
-        picture = picture.crop(box)
+        with warnings.catch_warnings():
+            # Pillow's bomb warning counts the box's pixels, already within MAX_PIXELS.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            picture = picture.crop(box)
         # process_file reports it (--json); the PNG encoder ignores unknown info keys.
         picture.info[CROP_BOX] = box
-    if decoded.icc_profile:
-        picture.info["icc_profile"] = decoded.icc_profile  # encode_png writes it
+    if decoded.icc_profile and not opts.only_mask:
+        # encode_png writes it; an RGB profile does not fit a grey mask.
+        picture.info["icc_profile"] = decoded.icc_profile
     return picture
 
 
@@ -287,9 +296,19 @@ def _exif(picture: Image.Image) -> dict:
     return {"exif": exif} if exif else {}
 
 
-def encode(picture: Image.Image, out, fmt: str = "png", exif: bytes | None = None) -> None:
+# The largest side each output format can hold (libwebp; libjpeg's JPEG_MAX_DIMENSION).
+_MAX_SIDE = {"webp": ("WebP", 16383), "jpg": ("JPEG", 65500)}
+
+
+def encode(picture: Image.Image, out, fmt: str = "png", exif: bytes | None = None,
+           name: str = "<image>") -> None:
     """Write ``picture`` to ``out`` (a path or a binary file) as ``fmt``, with the
-    input's EXIF (orientation already applied) and colour profile."""
+    input's EXIF (orientation already applied) and colour profile. A picture
+    larger than ``fmt`` holds is an OutputError naming ``name``, before a byte."""
+    if fmt in _MAX_SIDE and max(picture.size) > _MAX_SIDE[fmt][1]:
+        title, side = _MAX_SIDE[fmt]
+        raise OutputError(f"{name}: the result is {picture.width}x{picture.height}, and "
+                          f"{title} holds at most {side} pixels a side; use format png (--format png)")
     if exif:
         picture.info["exif"] = exif  # beside the colour profile, as render leaves it
     # Looked up at each call, so a test can stand in for one encoder.
@@ -305,7 +324,7 @@ def process_file(src: Path, dst: Path, opts: ImageOptions, segmenter, progress=N
     decoded = decode(src, str(src))
     picture = render(decoded, opts, segmenter)
     with atomic_path(dst) as tmp:
-        encode(picture, tmp, opts.format, decoded.exif)
+        encode(picture, tmp, opts.format, decoded.exif, str(src))
     if progress:
         progress(1)
     return Processed(decoded.notes, picture.info.get(CROP_BOX))

@@ -9,6 +9,7 @@ door it came in by.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ VIDEO_FORMATS = (
     "png_sequence",
 )
 IMAGE_FORMATS = ("png", "webp", "jpg")
+DEVICES = ("auto", "cpu", "cuda")  # where the model runs (--device, Session's device)
 MODEL_FAMILIES = tuple(FAMILIES)  # --model-family, for a model given as a path
 CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremover"}
 
@@ -40,10 +42,16 @@ _HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
 
 def parse_color(value, name: str = "color") -> tuple[int, int, int]:
     """'#rrggbb', 'rrggbb' or '#rgb' (or an (r, g, b) already parsed) -> (r, g, b)."""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()  # a numpy array of three channel values
     if isinstance(value, (tuple, list)) and len(value) == 3 and all(
-            isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
+            isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c <= 255
+            for c in value):
         # The CLI's Click type has parsed the flag already; from_params sees it again.
-        return tuple(value)  # type: ignore[return-value]
+        return tuple(int(c) for c in value)  # type: ignore[return-value]
+    if isinstance(value, (tuple, list)):
+        raise ParameterError(f"{name}: {value!r} is not three integers 0-255 (r, g, b) "
+                             "nor a hex colour like '#00ff00'")
     m = _HEX.match(str(value).strip())
     if not m:
         raise ParameterError(f"{name}: {value!r} is not a hex colour like '#00ff00'")
@@ -85,7 +93,7 @@ class Param:
     def convert(self, value: Any) -> Any:
         """Validate and convert an API value (a string or a typed JSON value)."""
         where = f"{self.name} ({self.flag})"
-        if value is None or value == "":
+        if value is None or isinstance(value, str) and value == "":
             return self.default
         if self.kind == "bool":
             if isinstance(value, bool):
@@ -262,11 +270,11 @@ class ImageOptions:
     format: str = "png"  # png | webp | jpg
 
     def __post_init__(self) -> None:
-        if self.format == "jpg" and self.bg_type == "transparent":
-            what = "a mask" if self.only_mask else "a transparent cut-out"
-            raise ParameterError(f"format (--format) jpg cannot hold {what}: JPEG has no "
-                                 "transparency; use --bg-type color or image, or --format "
-                                 "png or webp")
+        if self.format == "jpg" and self.bg_type == "transparent" and not self.only_mask:
+            # A mask is grey, opaque: JPEG holds it (lossy at its edges).
+            raise ParameterError("format (--format) jpg cannot hold a transparent cut-out: "
+                                 "JPEG has no transparency; use --bg-type color or image, "
+                                 "--only-mask, or --format png or webp")
         if self.bg_type == "image" and self.bg_image is None:
             raise ParameterError("bg_type (--bg-type) image needs a picture: --bg-image PATH")
         if self.bg_image is not None and self.bg_type != "image":

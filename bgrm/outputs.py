@@ -23,6 +23,17 @@ def tmp_name(dst: Path) -> Path:
     return dst.with_name(f".{dst.stem}{TMP_MARK}{os.getpid()}{dst.suffix}")
 
 
+def file_keys(path: Path) -> set:
+    """What identifies the file ``path`` names: its resolved path (symlinks
+    followed) and, when it exists, its device and inode (hard links). Two paths
+    sharing a key are one file; an output must share none with its input."""
+    keys: set = {path.resolve()}
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        keys.add((st.st_dev, st.st_ino))
+    return keys
+
+
 def describe_os_error(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
@@ -93,6 +104,9 @@ def commit(held: Path, dst: Path) -> None:
     """
     try:
         _replace(held, dst)
+    except OutputError:
+        remove_tmp(held)
+        raise
     except OSError as exc:
         remove_tmp(held)
         raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
@@ -104,8 +118,10 @@ def atomic_folder(dst: Path) -> Iterator[Path]:
     temporary name, renamed onto ``dst`` only when complete.
 
     An earlier ``dst`` folder is moved aside first and removed after, so
-    whatever is found at ``dst`` is always one whole run's output.
+    whatever is found at ``dst`` is always one whole run's output; a folder
+    holding anything else is refused before any work (``check_replaceable``).
     """
+    check_replaceable(dst)
     tmp = tmp_name(dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -122,12 +138,36 @@ def _replace(src: Path, dst: Path) -> None:
     """os.replace, also for a folder onto an earlier folder (which os.replace
     refuses unless empty): that one is moved aside first and removed after."""
     if src.is_dir() and dst.is_dir() and not dst.is_symlink():
+        check_replaceable(dst)  # again: the folder may have been filled meanwhile
         old = dst.with_name(f".{dst.name}{TMP_MARK}{os.getpid()}.old")
         os.rename(dst, old)
         os.rename(src, dst)
         remove_tmp(old)
     else:
         os.replace(src, dst)
+
+
+def sequence_names(dst: Path) -> re.Pattern:
+    """The names bgrm writes inside the PNG-sequence folder ``dst``: its numbered
+    frames and its audio (bgrm.video.writer)."""
+    return re.compile(re.escape(dst.name) + r"(_\d+\.png|\.wav)")
+
+
+def check_replaceable(dst: Path) -> None:
+    """Refuse a folder at ``dst`` that a PNG sequence would replace unless it holds
+    nothing but an earlier sequence's files: anything else there is the user's."""
+    if not dst.is_dir() or dst.is_symlink():
+        return  # nothing there, or a file: the rename itself refuses a file or link
+    ours = sequence_names(dst)
+    try:
+        foreign = [p.name for p in dst.iterdir()
+                   if not (ours.fullmatch(p.name) and p.is_file() and not p.is_symlink())]
+    except OSError as exc:
+        raise OutputError(f"{dst}: cannot write: {describe_os_error(exc)}") from exc
+    if foreign:
+        raise OutputError(f"{dst}: a folder that holds other files ({', '.join(sorted(foreign)[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}), not only an earlier PNG "
+                          "sequence of bgrm's; move it or choose another -o")
 
 
 def remove_tmp(path: Path) -> None:
@@ -148,12 +188,21 @@ def remove_leftovers(folders, pid: int) -> None:
                 remove_tmp(path)
 
 
-# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem; the
-# frames of a PNG sequence add their number: <stem>_processed_2_000001.
-_OUTPUT_STEM = re.compile(re.escape(SUFFIX) + r"(_\d+){0,2}$")
+# <stem>_processed, or <stem>_processed_2 when two inputs shared a stem (or the
+# first name was an input's own).
+_OUTPUT_STEM = re.compile(r"(.+)" + re.escape(SUFFIX) + r"(?:_(\d+))?")
 
 
-def is_output_name(path: Path) -> bool:
-    """True for files bgrm itself wrote (``*_processed.*``, ``*_processed_2.*``)
-    and its temporaries."""
-    return bool(_OUTPUT_STEM.search(path.stem)) or TMP_MARK in path.name
+def output_of(path: Path) -> tuple[str, int] | None:
+    """The stem of the input whose output ``path`` is named like, and its number
+    (``("x", 1)`` for ``x_processed.png``, ``("x", 2)`` for ``x_processed_2.mov``),
+    or None."""
+    found = _OUTPUT_STEM.fullmatch(path.stem)
+    return (found.group(1), int(found.group(2) or 1)) if found else None
+
+
+def in_sequence(path: Path) -> bool:
+    """True for a frame or the audio inside a PNG sequence's folder: its name is the
+    folder's own (``x_processed/x_processed_000001.png``), as only bgrm names them."""
+    return _OUTPUT_STEM.fullmatch(path.parent.name) is not None and \
+        sequence_names(path.parent).fullmatch(path.name) is not None

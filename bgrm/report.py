@@ -20,6 +20,8 @@ class Result:
     traceback: str | None = None
     skipped: bool = False  # --skip-existing found the output already there
     same_as: str | None = None  # the same file as this earlier input: processed once, there
+    # Named like bgrm's own output in a folder given (why it was passed over).
+    skipped_output: str | None = None
     # --crop: (left, top, right, bottom) kept, in the upright input's pixels
     crop_box: tuple[int, int, int, int] | None = None
 
@@ -50,7 +52,8 @@ def api_results(results: list[Result], url: Callable[[Result], str] = lambda r: 
     output's path) and the service (a path on the server, its name the download's).
 
     Inputs that were the same file as an earlier one are listed under
-    ``duplicates`` with the output they share (when it was written).
+    ``duplicates`` with the output they share (when it was written); files of a
+    folder passed over as bgrm's own outputs under ``skipped``.
     """
     made = {r.src: r.dst for r in results if r.ok and r.dst is not None}
     answer = {
@@ -61,6 +64,10 @@ def api_results(results: list[Result], url: Callable[[Result], str] = lambda r: 
         "finished": True,
         "queue_count": 0,
     }
+    passed = [r for r in results if r.skipped_output is not None]
+    if passed:
+        answer["skipped"] = [{"filename": Path(r.src).name, "input": r.src,
+                              "reason": r.skipped_output} for r in passed]
     twice = [r for r in results if r.same_as is not None]
     if twice:
         answer["duplicates"] = [{"filename": Path(r.src).name, "input": r.src,

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bgrm.errors import ModelError, first_line
+from bgrm.errors import ModelError, a_or_an, first_line
 from bgrm.models import ResolvedModel
 
 
@@ -97,6 +97,7 @@ class Segmenter:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = _session(model, opts, device)
         self.family = model.family
+        self.where = f"model {model.path}"
         self.input_name = self._check_shape(model)
         self.size = (self.family.size, self.family.size)
         mean, std = model.spec.normalisation()
@@ -111,7 +112,7 @@ class Segmenter:
         outputs = self.session.get_outputs()
         side = family.size
         where = f"model {model.path}"
-        expected = (f"a {family.name}-family ({family.title}) model takes one float input "
+        expected = (f"{a_or_an(family.name)}-family ({family.title}) model takes one float input "
                     f"N x 3 x {side} x {side} and gives a 1-channel saliency map "
                     f"N x 1 x H x W as output {family.output}")
         if len(inputs) != 1 or len(outputs) <= family.output:
@@ -121,6 +122,12 @@ class Segmenter:
         shape = inp.shape
         if len(shape) != 4 or shape[1] not in (3, "3") or inp.type != "tensor(float)":
             raise ModelError(f"{where}: input {inp.name!r} is {inp.type} {shape}; {expected}")
+        if isinstance(shape[0], int) and shape[0] != 1:
+            # bgrm runs one picture at a time: a graph exported for a fixed batch of
+            # 2 would fail on every file.
+            raise ModelError(f"{where}: input {inp.name!r} is {shape}, a fixed batch of "
+                             f"{shape[0]}; bgrm runs one picture at a time (N = 1, or a "
+                             f"named batch dimension); {expected}")
         fixed = [d for d in shape[2:] if isinstance(d, int)]
         if any(d != side for d in fixed):
             others = [f.name for f in _families_of_size(fixed)]
@@ -128,7 +135,7 @@ class Segmenter:
             raise ModelError(f"{where}: input {inp.name!r} is {shape}; {expected}{hint}")
         out_shape = outputs[family.output].shape
         if len(out_shape) != 4 or out_shape[1] not in (1, "1", None) and \
-                not isinstance(out_shape[1], str):
+                not isinstance(out_shape[1], str) or 0 in out_shape[2:]:
             raise ModelError(f"{where}: output {family.output} is {out_shape}; {expected}")
         return inp.name
 
@@ -145,9 +152,18 @@ class Segmenter:
 
     def predict(self, tensor: np.ndarray) -> np.ndarray:
         """Model input -> the saliency map at model size, uint8 0-255."""
-        pred = self.session.run(None, {self.input_name: tensor})[self.family.output][0, 0]
+        out = self.session.run(None, {self.input_name: tensor})[self.family.output]
+        if out.ndim != 4 or out.shape[0] < 1 or out.shape[1] < 1 or out.size == 0:
+            raise ModelError(f"{self.where}: gave an output of shape {list(out.shape)} for "
+                             "this picture, not a 1 x 1 x H x W map")
+        pred = out[0, 0]
+        if not np.isfinite(pred).all():
+            # A map of NaN would min-max into a fully transparent cut-out.
+            raise ModelError(f"{self.where}: gave a map with NaN or infinite values for "
+                             "this picture (a broken export, or float16 overflow?)")
         if self.family.activation == "sigmoid":
-            pred = 1 / (1 + np.exp(-pred))  # rembg's BiRefNet step, in float32 as there
+            with np.errstate(over="ignore"):  # exp of a large logit: 0 after 1 / (1 + inf)
+                pred = 1 / (1 + np.exp(-pred))  # rembg's BiRefNet step, in float32 as there
         lo, hi = float(pred.min()), float(pred.max())
         pred = (pred - lo) / max(hi - lo, 1e-12)
         return (pred * 255).astype(np.uint8)

@@ -67,6 +67,21 @@ def bgrm(models_home):
     return run
 
 
+@pytest.fixture
+def run_main(monkeypatch, capfd):
+    """The real ``bgrm.cli.main`` in this process: ``(exit status, stdout, stderr)``."""
+    from bgrm import cli
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["bgrm", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        out, err = capfd.readouterr()
+        return exit_.value.code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def env(tmp_path_factory) -> dict:
     """The environment of a real run in a subprocess (tests/procs.py): an empty

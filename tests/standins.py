@@ -27,14 +27,16 @@ SIGNATURES = {
 
 
 def standin_onnx(path: Path, family: str, seed: int = 0, size: int | None = None,
-                 in_channels: int = 3, out_channels: int = 1) -> Path:
-    """Write a stand-in of ``family`` to ``path``; ``size``/channels override the
-    family's signature (for wrong-shape tests)."""
+                 in_channels: int = 3, out_channels: int = 1,
+                 batch: int | str | None = None) -> Path:
+    """Write a stand-in of ``family`` to ``path``; ``size``/channels/batch override
+    the family's signature (for wrong-shape tests)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    input_name, sigmoid, batch, side = SIGNATURES[family]
+    input_name, sigmoid, exported_batch, side = SIGNATURES[family]
     side = size or side
+    batch = exported_batch if batch is None else batch
     rng = np.random.default_rng(seed)
     # Colour features blurred over 3x3 (a map of regions rather than of edges),
     # then a seeded mix of them.
@@ -70,6 +72,34 @@ def standin_onnx(path: Path, family: str, seed: int = 0, size: int | None = None
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8  # what onnxruntime >= 1.16 (our floor) reads
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def broken_onnx(path: Path, output: str) -> Path:
+    """A u2net-shaped graph (1 x 3 x 320 x 320 in, a 1 x 1 x H x W map declared out)
+    whose map is broken only when it runs: ``"nan"`` (every value NaN, as a bad
+    float16 export gives) or ``"empty"`` (0 rows)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    mean = helper.make_node("ReduceMean", ["input.1"], ["grey"], axes=[1], keepdims=1)
+    if output == "nan":
+        inits = [numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "nan")]
+        last = helper.make_node("Mul", ["grey", "nan"], ["map"])
+    else:
+        inits = [numpy_helper.from_array(np.array([0], dtype=np.int64), name)
+                 for name in ("start", "end")] + \
+            [numpy_helper.from_array(np.array([2], dtype=np.int64), "axis")]
+        last = helper.make_node("Slice", ["grey", "start", "end", "axis"], ["map"])
+    graph = helper.make_graph(
+        [mean, last], f"broken_{output}",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 320, 320])],
+        [helper.make_tensor_value_info("map", TensorProto.FLOAT, [1, 1, "h", "w"])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path

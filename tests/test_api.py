@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import doctest
 import io
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from videoclips import make_clip
 import bgrm
 from bgrm import api
 from bgrm.errors import ParameterError
+from bgrm.options import from_params
 
 
 def test_docstring_examples_run(fixtures, tmp_path, models_home):
@@ -102,3 +105,91 @@ def test_a_session_keeps_its_model(fixtures, models_home):
         session.remove(Image.new("RGB", (8, 8)), model="u2net")
     with pytest.raises(ParameterError, match="a PIL image, bytes or a numpy array"):
         session.remove("photo.jpg")
+
+
+def test_remove_video_never_writes_over_its_input(fixtures, tmp_path, models_home):
+    """The command line's rule holds for the API's own paths too: an output is never
+    its input's file, by its name, a link or a hard link; images and videos alike."""
+    clip = make_clip(tmp_path / "x.mp4", fixtures / "astronaut.png", frames=2)
+    (tmp_path / "hard.mov").hardlink_to(clip)
+    (tmp_path / "link.mov").symlink_to(clip)
+    (tmp_path / "link.mp4").symlink_to(clip)
+    original = clip.read_bytes()
+    for src, dst in [(clip, clip), (clip, tmp_path / "." / "x.mp4"), (str(clip), str(clip)),
+                     (clip, tmp_path / "hard.mov"), (clip, tmp_path / "link.mov"),
+                     (tmp_path / "link.mp4", clip)]:
+        kw = {"video_format": "mattekey"} if Path(dst).suffix == ".mp4" else {}
+        with pytest.raises(ParameterError, match="is the input .* itself"):
+            bgrm.remove_video(src, dst, frame_limit=2, **kw)
+    assert clip.read_bytes() == original and (tmp_path / "hard.mov").read_bytes() == original
+    photo = tmp_path / "cat.png"
+    photo.write_bytes((fixtures / "chelsea.png").read_bytes())
+    session = bgrm.Session("u2netp")
+    with pytest.raises(ParameterError, match="is the input .* itself"):
+        session.write("image", photo, photo, from_params("image", {}))
+    assert photo.read_bytes() == (fixtures / "chelsea.png").read_bytes()
+
+
+@pytest.mark.parametrize("dst, params, says", [
+    ("out.webm", {}, "video_format mov writes a .mov file, not .webm"),
+    ("out", {}, "video_format mov writes a .mov file, not a name without an extension"),
+    ("out.mov", {"video_format": "gif"}, "video_format gif writes a .gif file, not .mov"),
+    ("out.mov", {"video_format": "png_sequence"}, "writes a folder of PNG frames, not a .mov"),
+    ("", {}, "dst: a file name, not ''"),
+])
+def test_remove_video_refuses_a_destination_that_does_not_fit(dst, params, says, fixtures,
+                                                              tmp_path, models_home):
+    clip = make_clip(tmp_path / "x.mp4", fixtures / "astronaut.png", frames=2)
+    with pytest.raises(ParameterError, match=re.escape(says)):
+        bgrm.remove_video(clip, tmp_path / dst if dst else dst, frame_limit=2, **params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models-home", "x.mp4"]
+
+
+def test_arrays_with_a_plain_meaning_are_taken_and_others_named(fixtures, models_home):
+    """float 0..1, uint16, small integers, bool and H x W x 1 arrays are the picture
+    they plainly are; anything else is a ParameterError saying what it got."""
+    session = bgrm.Session("u2netp")
+    rgb = np.asarray(Image.open(fixtures / "chelsea.png").convert("RGB"))
+    cut = session.remove(rgb)
+    for same in (rgb / 255.0, rgb.astype(np.float32) / 255, rgb.astype(np.uint16) * 257,
+                 rgb.astype(np.int64)):
+        assert np.array_equal(session.remove(same), cut)
+    grey = rgb[..., 1]
+    assert np.array_equal(session.remove(grey[..., None]), session.remove(grey))
+    black_white = (grey > 128).astype(np.uint8) * 255
+    assert np.array_equal(session.remove(grey > 128), session.remove(black_white))
+    for arr, says in [
+        (rgb.astype(np.float64), "image: an array of float64, shape (300, 451, 3): float "
+                                 "values must be 0..1"),
+        (np.full((8, 8), np.nan), "float values must be 0..1"),
+        (rgb.transpose(2, 0, 1), "shape (3, 300, 451); give H x W (grey), H x W x 3 (RGB) "
+                                 "or H x W x 4 (RGBA) (channels first? use arr.transpose"),
+        (rgb[None], "shape (1, 300, 451, 3); give H x W"),
+        (rgb.astype(np.int16) - 100, "integer values must be 0..255"),
+        (np.zeros((0, 4, 3), np.uint8), "no pixels"),
+        (np.array([["a"]]), "give uint8, uint16, bool or float 0..1 values"),
+    ]:
+        with pytest.raises(ParameterError, match=re.escape(says)):
+            session.remove(arr)
+
+
+def test_a_truncated_lazy_image_and_an_array_colour(fixtures, tmp_path, models_home):
+    from bgrm.errors import InputError
+
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((fixtures / "rocket.jpg").read_bytes()[:20000])
+    with pytest.raises(InputError, match=r"^<image>: corrupt or truncated image \(image file "
+                                         "is truncated"):
+        bgrm.remove(Image.open(cut), model="u2netp")
+    photo = Image.open(fixtures / "chelsea.png")
+    as_hex = bgrm.remove(photo, model="u2netp", bg_type="color", bg_color_value="#ff0000")
+    as_array = bgrm.remove(photo, model="u2netp", bg_type="color",
+                           bg_color_value=np.array([255, 0, 0]))
+    assert np.array_equal(np.asarray(as_hex), np.asarray(as_array))
+    with pytest.raises(ParameterError, match=r"\[300, 0, 0\] is not three integers 0-255"):
+        bgrm.remove(photo, model="u2netp", bg_type="color", bg_color_value=[300, 0, 0])
+
+
+def test_a_session_on_an_unknown_device_is_refused():
+    with pytest.raises(ParameterError, match="device: 'tpu' is not one of auto, cpu, cuda"):
+        bgrm.Session("u2netp", device="tpu")

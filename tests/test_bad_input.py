@@ -131,6 +131,37 @@ def test_bomb_is_refused_before_decoding_with_low_memory(tmp_path, env):
     assert "900 megapixels" in no_traceback(proc)
 
 
+def test_pillows_bomb_guard_is_left_alone_and_bgrms_limit_holds_for_every_kind(tmp_path, env):
+    """Importing bgrm changes nothing in Pillow; bgrm's own 150 MP limit applies to
+    files, bytes, PIL images and arrays alike; pictures between Pillow's warning
+    (89 MP) and that limit decode as before, without a warning."""
+    import warnings
+
+    import bgrm
+    from bgrm import image
+    from bgrm.errors import InputError
+
+    probe = ("import PIL.Image as I\nbefore = I.MAX_IMAGE_PIXELS\n"
+             "import bgrm, bgrm.image, bgrm.api, bgrm.cli, bgrm.command, bgrm.video.pipeline\n"
+             "print(before, I.MAX_IMAGE_PIXELS)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                          text=True, timeout=60)
+    before, after = proc.stdout.split()
+    assert before == after != "None", proc.stderr
+    session = bgrm.Session("u2netp")
+    for big in (Image.new("1", (13000, 11700)), np.zeros((11700, 13000), np.uint8)):
+        with pytest.raises(InputError, match="13000x11700 is 152 megapixels, more than the "
+                                             "150 MP bgrm will decode"):
+            session.remove(big)
+    between = nasty.bomb_png(tmp_path / "between.png", 12700)  # 161 MP: Pillow only warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="12700x12700 is 161 megapixels"):
+            image.decode(between.read_bytes(), "between.png")
+        fits = nasty.bomb_png(tmp_path / "fits.png", 9500)  # 90 MP: over Pillow's warning
+        assert image.decode(fits, "fits.png").rgb.shape == (9500, 9500, 3)
+
+
 def test_pipes_devices_and_dangling_links_never_hang(tmp_path, env, fixtures):
     os.mkfifo(tmp_path / "fifo.jpg")  # nobody will ever write to it
     (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
@@ -324,3 +355,26 @@ def test_fuzz_video_entry_point(tmp_path):
     _fuzz(hypothesis, seeds, src, dst, lambda: process_file(src, dst, opts,
                                                             _StubVideoSegmenter()),
           examples=60, seconds=30, errors=BgrmError, after=nothing_running)
+
+
+def test_video_pipes_devices_folders_and_missing_files_say_what_they_are(tmp_path, fixtures,
+                                                                         run_main, models_home):
+    """`bgrm video` and `bgrm.remove_video` refuse what is not a regular file with
+    the reason `bgrm image` gives, never "empty file" or a raw exception."""
+    import bgrm
+    from bgrm.errors import InputError
+
+    os.mkfifo(tmp_path / "fifo.mp4")  # nobody will ever write to it
+    status, out, err = run_main("video", tmp_path / "fifo.mp4", "/dev/zero", "--json",
+                                "-o", tmp_path / "out")
+    assert status == 1
+    assert [f["error"] for f in json.loads(out)["failed"]] == [
+        f"{tmp_path / 'fifo.mp4'}: not a regular file (a pipe or a device)",
+        "/dev/zero: not a regular file (a pipe or a device)"]
+    (tmp_path / "album.mp4").mkdir()
+    for src, says in [(tmp_path / "missing.mp4", "no such file"),
+                      (tmp_path / "album.mp4", "is a folder, not a video"),
+                      ("/dev/zero", "not a regular file")]:
+        with pytest.raises(InputError, match=f"^{src}: {says}"):
+            bgrm.remove_video(src, tmp_path / "out.mov")
+    assert not (tmp_path / "out.mov").exists()

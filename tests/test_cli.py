@@ -262,6 +262,46 @@ def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures):
     assert not (shots / ".thumbs" / "c_processed.png").exists()
 
 
+def test_a_folder_skips_only_outputs_beside_their_input_and_names_each(tmp_path, fixtures,
+                                                                       run_main, models_home):
+    """``X_processed.ext`` is passed over only beside an input ``X.*`` (and ``_N`` only
+    as far as bgrm numbers); every file passed over is named on stderr and in --json."""
+    from videoclips import make_clip
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name, photo in [("beach.jpg", "rocket.jpg"), ("beach_processed.png", "chelsea.png"),
+                        ("beach_processed_2023.png", "coffee.png"),
+                        ("scan_processed.jpg", "rocket.jpg"), ("cat.png", "chelsea.png"),
+                        ("cat.jpg", "rocket.jpg"), ("cat_processed_3.webp", "coffee.png")]:
+        shutil.copy(fixtures / photo, shots / name)
+    status, out, err = run_main("image", shots, "--only-mask", "--json", "-o", tmp_path / "o")
+    assert status == 0, err
+    report = json.loads(out)
+    assert [f["filename"] for f in report["files"]] == [
+        "beach_processed.png", "beach_processed_2023_processed.png", "cat_processed.png",
+        "cat_processed_2.png", "scan_processed_processed.png"]
+    skipped = [str(shots / "beach_processed.png"), str(shots / "cat_processed_3.webp")]
+    assert [s["input"] for s in report["skipped"]] == skipped
+    assert report["skipped"][0]["reason"] == "named as bgrm's output for beach.jpg"
+    for name in skipped:
+        assert f"bgrm: {name}: skipped, named as bgrm's output for " in err
+    # Videos alike.
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    make_clip(clips / "talk.mp4", fixtures / "astronaut.png", frames=2)
+    shutil.copy(clips / "talk.mp4", clips / "talk_processed.mp4")
+    shutil.copy(clips / "talk.mp4", clips / "walk_processed.mp4")
+    status, out, err = run_main("video", clips, "--json", "--video-format", "gif",
+                                "--frame-limit", 1)
+    assert status == 0, err
+    report = json.loads(out)
+    assert [f["filename"] for f in report["files"]] == ["talk_processed.gif",
+                                                        "walk_processed_processed.gif"]
+    assert [s["input"] for s in report["skipped"]] == [str(clips / "talk_processed.mp4")]
+    assert f"bgrm: {clips / 'talk_processed.mp4'}: skipped" in err
+
+
 def test_an_empty_folder_says_so(bgrm, tmp_path):
     (tmp_path / "empty").mkdir()
     proc = bgrm("image", tmp_path / "empty")

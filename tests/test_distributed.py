@@ -208,6 +208,17 @@ def test_bad_or_unreachable_scheduler(bgrm, fixtures, tmp_path):
     assert b"Traceback" not in down.stderr
 
 
+@pytest.mark.parametrize("port", ["99999", "0", "65536"])
+def test_a_port_out_of_range_is_a_usage_error_at_once(port, run_main, fixtures, tmp_path):
+    pytest.importorskip("distributed")
+    started = time.monotonic()
+    status, _, err = run_main("image", fixtures / "rocket.jpg", "-o", tmp_path, "--model",
+                              "u2netp", "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert status == 2, err
+    assert f"not a Dask scheduler address (port {port} is outside 1-65535)" in err
+    assert time.monotonic() - started < 15  # not the client's 30 s connect timeout
+
+
 def test_hung_task_times_out_alone_and_its_worker_is_restarted(bgrm, fixtures, tmp_path,
                                                                 cluster):
     address, client = cluster

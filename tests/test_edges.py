@@ -391,6 +391,32 @@ def test_crop_with_margin_is_the_alpha_box_plus_margin_and_json_says_where(bgrm,
     assert box == (0, 0, w, h)  # margin 1000 is clamped to the picture
 
 
+def test_only_mask_is_cropped_like_the_cutout(composite, tmp_path, run_main, models_home):
+    """--only-mask --crop: the mask cut to the same box as the cut-out, the box in
+    --json; bgrm.remove gives the same mask."""
+    import bgrm
+
+    path, _ = composite
+    status, _, err = run_main("image", path, "-o", tmp_path / "full", "--model", "u2netp",
+                              "--only-mask")
+    assert status == 0, err
+    full = np.asarray(Image.open(tmp_path / "full" / "cat_on_green_processed.png"))
+    h, w = full.shape
+    box = _bbox(full)  # the default margin is 0
+    assert box != (0, 0, w, h)  # a crop that shows
+    status, out, err = run_main("image", path, "-o", tmp_path / "crop", "--model", "u2netp",
+                                "--only-mask", "--crop", "--json")
+    assert status == 0, err
+    cropped = Image.open(tmp_path / "crop" / "cat_on_green_processed.png")
+    assert cropped.mode == "L" and cropped.size == (box[2] - box[0], box[3] - box[1])
+    assert (np.asarray(cropped) == full[box[1]:box[3], box[0]:box[2]]).all()
+    assert json.loads(out)["files"][0]["crop"] == {"x": box[0], "y": box[1],
+                                                   "width": cropped.width,
+                                                   "height": cropped.height}
+    from_api = bgrm.remove(Image.open(path), model="u2netp", only_mask=True, crop=True)
+    assert (np.asarray(from_api) == np.asarray(cropped)).all()
+
+
 def test_crop_of_an_empty_result_keeps_the_whole_picture(segmenter):
     box = edges.crop_box(edges.subject_box(np.zeros((30, 40), np.uint8)), 10, (40, 30))
     assert box == (0, 0, 40, 30)

@@ -189,6 +189,31 @@ def test_timeout_must_be_positive(bgrm, fixtures, tmp_path):
     assert proc.returncode == 2 and b"--timeout" in proc.stderr
 
 
+@pytest.mark.parametrize("seconds", ["nan", "inf", "-inf", "1e300", "0", "-1"])
+def test_timeout_must_be_a_finite_positive_number(seconds, run_main, fixtures, tmp_path):
+    status, _, err = run_main("image", fixtures / "chelsea.png", "-o", tmp_path,
+                              "--timeout", seconds)
+    assert status == 2 and "Invalid value for '--timeout'" in err, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tiny_timeout_fails_each_file_with_its_line(run_main, fixtures, tmp_path,
+                                                      models_home):
+    """A timer that fires at once (even before the file's work starts) is each
+    file's own timeout, not a traceback that drops the files after it."""
+    photos = [fixtures / "chelsea.png", fixtures / "coffee.png"]
+    status, out, err = run_main("image", *photos, "-o", tmp_path / "out", "--json",
+                                "--timeout", "1e-6")
+    assert status == 1, err
+    assert "Traceback" not in err
+    assert json.loads(out)["errors"] == [
+        f"{p}: stopped after --timeout 1e-06 s (hung or too slow)" for p in photos]
+    assert [line for line in err.splitlines() if "--timeout" in line] == [
+        f"bgrm: {p}: stopped after --timeout 1e-06 s (hung or too slow)" for p in photos]
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
 def test_executor_module_holds_no_cli():
     """Nothing below the CLI knows about Click (the house rule), executors included."""
     code = ("import sys, bgrm.run, bgrm.run.local, bgrm.run.processes, bgrm.api; "
@@ -209,15 +234,17 @@ def test_held_outputs_are_moved_into_place_files_and_folders(tmp_path):
     assert not dst.exists() and held.read_bytes() == b"picture"  # waiting for its result
     commit(held, dst)
     assert dst.read_bytes() == b"picture" and not held.exists()
-    # A folder output replaces an earlier run's folder whole.
+    # A folder output replaces an earlier run's folder (its frames and audio) whole.
     folder = tmp_path / "clip_processed"
     (folder).mkdir()
-    (folder / "old_000001.png").write_bytes(b"old")
+    for name in ("clip_processed_000001.png", "clip_processed_000002.png",
+                 "clip_processed.wav"):
+        (folder / name).write_bytes(b"old")
     held = held_name(folder, "run-1")
     held.mkdir()
-    (held / "new_000001.png").write_bytes(b"new")
+    (held / "clip_processed_000001.png").write_bytes(b"new")
     commit(held, folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["new_000001.png"]
+    assert [p.read_bytes() for p in folder.iterdir()] == [b"new"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_processed", "x_processed.png"]
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,13 +125,22 @@ def test_webp_is_lossless_rgba_and_jpg_opaque_with_the_exif_kept(segmenter, tmp_
         assert exif.get(0x0112, 1) == 1, path  # applied to the pixels, not kept
 
 
-def test_jpg_of_a_transparent_result_is_a_usage_error(bgrm, tmp_path):
-    for extra in ([], ["--only-mask"]):
-        proc = bgrm("image", FIXTURES / "chelsea.png", "--format", "jpg", *extra,
-                    "-o", tmp_path / "out")
-        assert proc.returncode == 2, proc.stderr.decode()
-        assert b"jpg cannot hold" in proc.stderr
+def test_jpg_of_a_transparent_cutout_is_a_usage_error_and_a_mask_a_grey_jpeg(
+        run_main, tmp_path, models_home):
+    status, _, err = run_main("image", FIXTURES / "chelsea.png", "--format", "jpg",
+                              "-o", tmp_path / "out")
+    assert status == 2, err
+    assert "jpg cannot hold a transparent cut-out" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # A mask is grey and opaque: JPEG holds it.
+    for fmt in ("jpg", "png"):
+        status, _, err = run_main("image", FIXTURES / "chelsea.png", "--format", fmt,
+                                  "--only-mask", "-o", tmp_path / "out")
+        assert status == 0, err
+    jpg = Image.open(tmp_path / "out" / "chelsea_processed.jpg")
+    png = np.asarray(Image.open(tmp_path / "out" / "chelsea_processed.png"))
+    assert jpg.format == "JPEG" and jpg.mode == "L"
+    assert np.abs(np.asarray(jpg).astype(int) - png).mean() < 2
 
 
 def test_format_from_params_and_on_stdout(bgrm, tmp_path):
@@ -273,3 +283,87 @@ def test_a_video_batch_on_a_terminal_shows_its_frame_total_and_time_left(talk, t
              if (m := re.search(r"(\d+)/~17 frames \[\d\d:\d\d elapsed, ~\d\d:\d\d left", ln))]
     assert any(int(m.group(1)) > 0 for m in timed), lines
     assert any("17/17 frames" in ln for ln in lines), lines
+
+
+@pytest.mark.parametrize("where", ["beside", "-o"])
+def test_png_sequence_never_replaces_a_folder_holding_other_files(where, tmp_path, run_main,
+                                                                  models_home):
+    """Only an earlier sequence (bgrm's numbered frames and WAV) is replaced; a
+    folder with anything else in the output's place is refused, kept as it was."""
+    (tmp_path / "in").mkdir()
+    clip = make_clip(tmp_path / "in" / "clip.mp4", FIXTURES / "astronaut.png", frames=3)
+    out = clip.parent if where == "beside" else tmp_path / "out"
+    theirs = out / "clip_processed"
+    (theirs / "sub").mkdir(parents=True)
+    (theirs / "sub" / "notes.txt").write_text("keep")
+    (theirs / "clip_processed_000001.png").write_bytes(b"mine, not bgrm's")
+    args = ["-o", out] if where == "-o" else []
+    status, _, err = run_main("video", clip, "--video-format", "png_sequence", *args)
+    assert status == 1
+    assert f"{theirs}: a folder that holds other files (sub)" in err
+    assert "Traceback" not in err
+    assert (theirs / "sub" / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in theirs.iterdir()) == ["clip_processed_000001.png", "sub"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["clip_processed"] + (["clip.mp4"] if where == "beside" else []))  # no temporary
+    # Emptied of the user's files, the folder is bgrm's to replace.
+    shutil.rmtree(theirs / "sub")
+    status, _, err = run_main("video", clip, "--video-format", "png_sequence", *args)
+    assert status == 0, err
+    assert sorted(p.name for p in theirs.iterdir()) == [
+        f"clip_processed_{i:06d}.png" for i in range(1, 4)]
+
+
+def test_a_held_sequence_is_not_committed_over_a_folder_filled_meanwhile(tmp_path):
+    """The executors' commit step checks the folder again when it moves a finished
+    sequence into place: a file put there during the run is kept."""
+    from bgrm.errors import OutputError
+    from bgrm.outputs import commit, held_name
+
+    dst = tmp_path / "clip_processed"
+    held = held_name(dst, "run-0")
+    held.mkdir()
+    (held / "clip_processed_000001.png").write_bytes(b"new frame")
+    dst.mkdir()
+    (dst / "clip_processed_000001.png").write_bytes(b"old frame")
+    (dst / "clip_processed.wav").write_bytes(b"old sound")
+    (dst / "edit.txt").write_text("keep")
+    with pytest.raises(OutputError, match="holds other files"):
+        commit(held, dst)
+    assert (dst / "edit.txt").read_text() == "keep" and not held.exists()
+    (dst / "edit.txt").unlink()
+    held.mkdir()
+    (held / "clip_processed_000001.png").write_bytes(b"new frame")
+    commit(held, dst)
+    assert [p.read_bytes() for p in dst.iterdir()] == [b"new frame"]
+
+
+@pytest.mark.parametrize("fmt, ext", [("HEIF", "heic"), ("AVIF", "avif")])
+def test_a_truncated_heic_or_avif_is_corrupt_not_undecodable(tmp_path, fmt, ext):
+    """Where the decoder is installed, a cut-short file is "corrupt or truncated",
+    never "no decoder for it is installed"."""
+    from bgrm.errors import InputError
+
+    whole = _phone_photo(fmt, tmp_path / f"astronaut.{ext}").read_bytes()
+    for cut in (40, 100, 400, len(whole) // 2):
+        with pytest.raises(InputError) as info:
+            image.decode(whole[:cut], f"cut.{ext}")
+        message = str(info.value)
+        assert message.startswith(f"cut.{ext}: corrupt or truncated image"), message
+        assert "no decoder" not in message and "has no AVIF" not in message
+
+
+@pytest.mark.parametrize("fmt, size, says", [
+    ("webp", (16400, 12), "16400x12, and WebP holds at most 16383 pixels a side"),
+    ("jpg", (65501, 4), "65501x4, and JPEG holds at most 65500 pixels a side"),
+])
+def test_a_result_too_wide_for_its_format_says_the_formats_limit(fmt, size, says, tmp_path,
+                                                                 run_main, models_home):
+    src = tmp_path / "wide.png"
+    Image.new("RGB", size, (200, 30, 30)).save(src)
+    status, _, err = run_main("image", src, "--format", fmt, "--only-mask", "-o",
+                              tmp_path / "out")
+    assert status == 1
+    assert err.splitlines()[-1] == (f"bgrm: {src}: the result is {says}; use format png "
+                                    "(--format png)")
+    assert not any((tmp_path / "out").iterdir())  # no temporary left either

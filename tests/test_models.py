@@ -13,7 +13,6 @@ import functools
 import http.server
 import json
 import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -90,21 +89,6 @@ def patched(tiny, monkeypatch, models_home) -> dict[str, Path]:
         monkeypatch.setitem(models.REGISTRY, name, dataclasses.replace(
             models.REGISTRY[name], checksum=md5sum(path)))
     return tiny
-
-
-@pytest.fixture
-def run_main(monkeypatch, capfd):
-    """The real ``bgrm.cli.main`` in this process: ``(exit status, stdout, stderr)``."""
-    from bgrm import cli
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["bgrm", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-        out, err = capfd.readouterr()
-        return exit_.value.code, out, err
-
-    return run
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -419,6 +403,68 @@ def test_wrong_shaped_custom_onnx_fails_for_video_too(bgrm, fixtures, tmp_path):
     bad = tiny_onnx(tmp_path / "bad.onnx", out_channels=3)
     proc = bgrm("video", fixtures / "no_time_for_that_tiny.gif", "--model", bad, "-o", tmp_path)
     assert proc.returncode == 2 and b"1-channel saliency map" in proc.stderr
+
+
+def test_a_fixed_batch_of_two_is_refused_before_any_file(run_main, fixtures, tmp_path,
+                                                        models_home):
+    bad = standin_onnx(tmp_path / "batch2.onnx", "u2net", batch=2)
+    out = tmp_path / "out"
+    status, _, err = run_main("image", fixtures / "chelsea.png", fixtures / "coffee.png",
+                              "--model", bad, "-o", out)
+    assert status == 2, err
+    assert f"model {bad}: input 'input.1' is [2, 3, 320, 320], a fixed batch of 2" in err
+    assert err.count("bgrm:") == 1 and "internal error" not in err
+    assert not out.exists() or not any(out.iterdir())
+    # A named batch dimension (as BiRefNet's and BRIA's exports have) runs.
+    fine = standin_onnx(tmp_path / "named.onnx", "u2net", batch="N")
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", fine, "-o", out)
+    assert status == 0, err
+
+
+def test_a_model_whose_map_is_nan_or_empty_fails_clearly(run_main, fixtures, tmp_path,
+                                                        models_home):
+    """A graph that passes the shape check but gives NaN when run (which would make
+    a fully transparent cut-out) fails each file, naming it and the model, with no
+    output; one whose map has no rows is refused before any file."""
+    import warnings
+
+    from standins import broken_onnx
+
+    nan = broken_onnx(tmp_path / "nan.onnx", "nan")
+    out = tmp_path / "out"
+    photos = [fixtures / "chelsea.png", fixtures / "coffee.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        status, stdout, err = run_main("image", *photos, "--model", nan, "-o", out, "--json")
+    assert status == 1, err
+    assert json.loads(stdout)["errors"] == [
+        f"{p}: model {nan}: gave a map with NaN or infinite values for this picture (a "
+        "broken export, or float16 overflow?)" for p in photos]
+    assert "internal error" not in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+    empty = broken_onnx(tmp_path / "empty.onnx", "empty")
+    status, _, err = run_main("image", *photos, "--model", empty, "-o", out)
+    assert status == 2 and err.count("bgrm:") == 1, err
+    assert f"model {empty}: output 0 is [1, 1, 0, 320]" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_folders_given_as_model_files_and_the_familys_article(run_main, fixtures, tmp_path,
+                                                              models_home):
+    folder = tmp_path / "models.onnx"
+    folder.mkdir()
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", folder)
+    assert status == 2 and f"bgrm: model file {folder}: is a folder, not an .onnx file" in err
+    status, _, err = run_main("models", "install", "u2net", "--from", tmp_path)
+    assert status == 2 and f"bgrm: --from {tmp_path}: is a folder; give the model's .onnx " \
+        "file" in err
+    small = standin_onnx(tmp_path / "small.onnx", "u2net")
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", small,
+                              "--model-family", "isnet", "-o", tmp_path / "out")
+    assert status == 2 and "an isnet-family (IS-Net) model takes" in err, err
+    status, _, err = run_main("image", fixtures / "chelsea.png", "--model", "isnet-anime",
+                              "--model-family", "u2net")
+    assert status == 2 and "isnet-anime is an isnet model" in err, err
 
 
 def test_custom_not_onnx_and_missing(bgrm, fixtures, tmp_path):

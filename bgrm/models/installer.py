@@ -66,6 +66,8 @@ def _open_source(source: str):
         total = int(length) if length and length.isdigit() else None
         return response, total, source
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise ModelError(f"--from {source}: is a folder; give the model's .onnx file")
     if not path.is_file():
         raise ModelError(f"--from {source}: no such file")
     try:

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgrm.errors import ModelError, ParameterError
+from bgrm.errors import ModelError, ParameterError, a_or_an
 from bgrm.models.families import DEFAULT_FAMILY, FAMILIES, Family
 from bgrm.models.registry import (
     DEFAULT_MODEL,
@@ -269,7 +269,7 @@ def resolve(model: str | None, family: str | None = None, notice=None) -> Resolv
         raise ParameterError(f"--model-family {family!r}: use one of {', '.join(FAMILIES)}")
     named = REGISTRY.get(model or "")
     if family is not None and (model is None or named and named.family not in (None, family)):
-        what = f"{model} is a {named.family} model" if named else "no --model was given"
+        what = f"{model} is {a_or_an(named.family)} model" if named else "no --model was given"
         raise ParameterError(f"--model-family {family} applies to --model PATH.onnx ({what})")
     if model is None:
         default = REGISTRY[DEFAULT_MODEL]
@@ -282,6 +282,8 @@ def resolve(model: str | None, family: str | None = None, notice=None) -> Resolv
     spec = REGISTRY.get(model)
     if spec is None:
         path = Path(model).expanduser()
+        if path.is_dir():
+            raise ModelError(f"model file {model}: is a folder, not an .onnx file")
         if path.suffix.lower() != ".onnx" and not path.is_file():
             known = ", ".join(SEGMENTATION_MODELS)
             raise ModelError(f"unknown model {model!r}: use one of {known}, "

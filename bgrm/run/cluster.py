@@ -203,7 +203,9 @@ def _connect(address: str):
     try:
         # Checked before Client(): a client that failed to start on a bad
         # address hangs for a minute in its finaliser.
-        get_address_host_port(address)
+        _, port = get_address_host_port(address)
+        if not 0 < int(port) < 65536:  # else Client() waits out its connect timeout
+            raise ValueError(f"port {port} is outside 1-65535")
     except NotImplementedError:  # a transport without host:port (inproc)
         pass
     except (ValueError, TypeError) as exc:

@@ -35,9 +35,10 @@ class Inline(Executor):
                 emit(Done(index, run_task(task, progress)))
                 continue
             previous = signal.signal(signal.SIGALRM, _alarm)
-            signal.setitimer(signal.ITIMER_REAL, self.timeout)
             try:
                 try:
+                    # Inside the try: a tiny timeout can fire before the next line.
+                    signal.setitimer(signal.ITIMER_REAL, self.timeout)
                     result = run_task(task, progress)
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)

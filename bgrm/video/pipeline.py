@@ -22,6 +22,7 @@ from PIL import Image
 
 from bgrm import compose, edges
 from bgrm.errors import InputError
+from bgrm.inputs import check_file
 from bgrm.options import VideoOptions
 from bgrm.report import Processed
 from bgrm.segment import upscale
@@ -331,8 +332,7 @@ def process_file(src: Path, dst: Path, opts: VideoOptions, segmenter,
     one part of a longer video: its reader seeks, the frames before the range
     only warm the smoothing, the part starts at time 0 and has no audio.
     """
-    if src.stat().st_size == 0:
-        raise InputError(f"{src}: empty file (0 bytes)")
+    check_file(src, str(src), "video")
     run = _FileRun(src, dst, opts, segmenter, progress, cut)
     try:
         return run.run()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bgrm.errors import InputError
+from bgrm.inputs import check_size
 
 _FRAME = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(\S+)\s+pts_time:(\S+).*?\bsar:(\d+)/(\d+)"
                     r"\s+s:(\d+)x(\d+)")
@@ -192,6 +193,7 @@ class VideoReader:
                 break
             _n, _pts, pts_time, sar_w, sar_h, w, h = record
             w, h = int(w), int(h)
+            check_size((w, h), self.name)  # before its bytes are read
             if self.count == 0 and int(sar_w) and int(sar_h):
                 self.info.sar = Fraction(int(sar_w), int(sar_h))
             data = self._read_exactly(w * h * 3)
