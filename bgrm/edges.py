@@ -151,27 +151,11 @@ def _soft_box(soft: np.ndarray) -> tuple[int, int, int, int] | None:
 def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The foreground colour of soft pixels without the old background's colour.
 
-    rembg runs pymatting's ``estimate_foreground_ml`` on the whole photo at
-    full size (gigabytes and tens of seconds at 12 MP). Only pixels with
-    0 < alpha < 255 change, so here it runs on the bounding box of those,
-    scaled so its longer side is at most ``DECONTAMINATE_SIZE``, asking for
-    both estimates F and B. A soft pixel is I = aF + (1-a)B, so
-    F = I + (1-a)(F-B): the photo's own full-resolution pixel plus a smooth
-    correction, the small F-B brought up bilinearly. The old background is
-    what is smooth at that scale; the fur's own detail comes from I and is
-    kept. Opaque and transparent pixels are returned unchanged.
-
-    Where the alpha is below the true coverage (fur tips that are mostly
-    subject), that correction removes more background than the pixel holds
-    and the colour swings past the subject's to the background's complement
-    (green turns magenta); F itself is off there too, being solved with the
-    same alpha. So the hue is bounded by a colour that does not depend on the
-    soft alpha: the subject's own, spread from its (nearly) opaque pixels by
-    the same estimate with alpha 1 there and 0 elsewhere. The correction may
-    move a pixel's chroma towards that reference's, never past it
-    (``_bound_hue``); its brightness is the unmixing's, so a lighter or
-    darker strand keeps it. Where the alpha is above the true coverage the
-    opposite happens, background is left, and ``_Spill`` takes it out.
+    pymatting's F and B are estimated on the soft pixels' box at most
+    ``DECONTAMINATE_SIZE`` across; each soft pixel becomes I + (1-a)(F-B), the
+    correction brought up bilinearly, its hue bounded by the subject's own
+    colour (``_bound_hue``) and the background left in it removed (``_Spill``).
+    Opaque and transparent pixels are unchanged. Why: docs/edges.md.
     """
     from bgrm.matte import _FOREGROUND_LOCK, _erode, _pymatting, _resize
 
