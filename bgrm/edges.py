@@ -151,12 +151,9 @@ def _soft_box(soft: np.ndarray) -> tuple[int, int, int, int] | None:
 def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """The foreground colour of soft pixels without the old background's colour.
 
-    pymatting's F and B are estimated on the soft pixels' box at most
-    ``DECONTAMINATE_SIZE`` across; each soft pixel becomes I + (1-a)(F-B), the
-    correction brought up bilinearly, its hue bounded by the subject's own
-    colour (``_bound_hue``) and the background left in it removed (``_Spill``).
-    Opaque and transparent pixels are unchanged. Why: docs/edges.md.
-    """
+    F and B are estimated on the soft pixels' box (``DECONTAMINATE_SIZE``); a soft
+    pixel becomes I + (1-a)(F-B), its hue bounded (``_bound_hue``) and background
+    left in it removed (``_Spill``); other pixels are unchanged. See docs/edges.md."""
     from bgrm.matte import _FOREGROUND_LOCK, _erode, _pymatting, _resize
 
     soft = (alpha > 0) & (alpha < 255)
