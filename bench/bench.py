@@ -568,7 +568,7 @@ def _inference_cpu_per_frame(clip: Path, frames: int = 8) -> float:
     from bgrm.video.reader import VideoReader
 
     seg = Segmenter(ResolvedModel(REGISTRY["u2netp"], ROOT / "bgrm" / "assets" / "u2netp.onnx"),
-                    "cpu", spinning=False)  # as `bgrm video` runs it
+                    "cpu", threads=1, spinning=False)  # as `bgrm video` runs it, a frame a core
     with VideoReader(clip, str(clip), limit=1) as reader:
         tensor = seg.prepare(Image.fromarray(next(iter(reader)).rgb))
     seg.predict(tensor)

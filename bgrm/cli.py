@@ -94,8 +94,8 @@ def run_options(timeout_default: str = "no limit: leave the option out") -> list
         click.option("--device", type=click.Choice(DEVICES), default="auto",
                      show_default=True, help="Where the model runs."),
         click.option("--threads", type=click.IntRange(1, 256),
-                     help="onnxruntime threads per session [default: cores / files "
-                          "at once]."),
+                     help="onnxruntime threads per session; video: frames in the model "
+                          "at once, one thread each [default: cores / files at once]."),
         click.option("--scheduler", metavar="ADDRESS",
                      help="Run the batch on a Dask cluster (tcp://HOST:PORT)."),
     ]

@@ -326,3 +326,36 @@ def test_zero_smoothing_means_per_frame_masks():
     f = MaskFilter(0.0)
     out = [f(m, Frame(i, i / 10, np.zeros((4, 4, 3), np.uint8))) for i, m in enumerate(masks)]
     assert all((a == b).all() for a, b in zip(out, masks, strict=True))
+
+
+def test_frames_are_inferred_side_by_side_one_thread_each_and_kept_in_order(clips, tmp_path,
+                                                                            monkeypatch):
+    import bgrm
+    from bgrm.segment import Segmenter
+
+    def frames(threads: int, name: str) -> list[bytes]:
+        bgrm.Session("u2netp", threads=threads).remove_video(
+            clips["silent"], tmp_path / name, video_format="png_sequence", frame_limit=6)
+        return [p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))]
+
+    one_at_a_time = frames(1, "one")
+    lock, live, peak, seen = threading.Lock(), [0], [0], set()
+    predict = Segmenter.predict
+
+    def watched(self, tensor):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+            seen.add(self.threads)
+        try:
+            return predict(self, tensor)
+        finally:
+            with lock:
+                live[0] -= 1
+
+    monkeypatch.setattr(Segmenter, "predict", watched)
+    side_by_side = frames(2, "two")
+    # Two frames at once, each on a one-thread session, and the smoothing (which
+    # needs the frames in order) gives the same bytes as one frame at a time.
+    assert peak[0] == 2 and seen == {1}
+    assert len(one_at_a_time) == 6 and side_by_side == one_at_a_time

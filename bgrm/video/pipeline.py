@@ -1,9 +1,10 @@
 """One video: decode -> segment -> (mask filter) -> edge steps -> compose -> encode, streaming.
 
 Four threads around one onnxruntime session: decoding plus the model's input
-tensor, inference alone (``run()`` releases the GIL, so it overlaps the
-rest), the full-size mask and composition, and encoding in the caller's
-thread. Queues of two frames between them bound memory for any length.
+tensor, inference (``run()`` releases the GIL, so it overlaps the rest; on
+the CPU one frame per core at once, each on one thread), the full-size mask
+and composition, and encoding in the caller's thread. Queues of two frames
+between them bound memory for any length.
 """
 
 from __future__ import annotations
@@ -350,7 +351,10 @@ class _FileRun:
 
     def __init__(self, src: Path, dst: Path, opts: VideoOptions, segmenter,
                  progress: Callable[[int], None] | None, cut):
-        self.src, self.dst, self.opts, self.segmenter = src, dst, opts, segmenter
+        self.src, self.dst, self.opts = src, dst, opts
+        self.segmenter, lanes = segmenter.lanes()
+        self.lanes = ThreadPoolExecutor(lanes, thread_name_prefix="bgrm-infer") \
+            if lanes > 1 else None
         self.progress, self.cut = progress, cut
         self.fmt = FORMATS[opts.video_format]
         self.name = str(src)
@@ -411,8 +415,9 @@ class _FileRun:
         out.complete(self.src, self.reader.info.has_audio and cut is None, writer.end)
 
     def close(self) -> None:
-        if self.matting is not None:
-            self.matting.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.lanes, self.matting):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         self.reader.close()
         if self.spool is not None:
             self.spool.close()
@@ -427,11 +432,19 @@ class _FileRun:
         thumb = self.mask_filter.thumbnail(picture) if self.mask_filter.strength > 0 else None
         return _Work(frame, tensor=self.segmenter.prepare(picture), thumb=thumb)
 
-    def infer(self, work: _Work) -> _Work:
+    def infer(self, work: _Work) -> _Work | Future:
+        if self.lanes is not None:
+            # Frames are inferred side by side; finish() takes them back in order.
+            return self.lanes.submit(self.predict, work)
+        return self.predict(work)
+
+    def predict(self, work: _Work) -> _Work:
         work.small, work.tensor = self.segmenter.predict(work.tensor), None
         return work
 
-    def finish(self, work: _Work) -> tuple[object, float] | None:
+    def finish(self, work: _Work | Future) -> tuple[object, float] | None:
+        if isinstance(work, Future):
+            work = work.result()
         frame = work.frame
         small = self.mask_filter(work.small, frame, work.thumb)
         if self.cut is not None and self.cut.warming(frame):
