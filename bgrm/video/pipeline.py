@@ -77,7 +77,7 @@ class MaskFilter:
     # A new mask this much more decisive (|2m - 1|, 0..1) than the average replaces
     # it outright, where the picture moves by MOVING thumbnail pixels or more.
     SURE = 1 / 3
-    MOVING = 1.0
+    MOVING = 2.0
 
     def __init__(self, strength: float):
         self.strength = strength
