@@ -195,10 +195,20 @@ def test_smoothing_steadies_moving_shots_without_losing_accuracy(truth, shot):
 
 
 def test_smoothing_steadies_a_handheld_shot(truth):
-    """Old: dtSSD 0.99x. (MAD: 1.10x here, as the start of the clip is carried on;
-    docs/temporal.md.)"""
+    """The old smoothing: dtSSD 0.99x, MAD 1.07x."""
     raw, smooth = truth["per-frame"]["handheld"], truth["new"]["handheld"]
     assert smooth.dtssd <= 0.95 * raw.dtssd
+    assert smooth.mad <= 1.0 * raw.mad
+
+
+def test_no_frame_of_a_moving_subject_is_much_worse_than_its_own_mask(truth):
+    """The model loses part of the subject for a few frames; an average that
+    carries the loss into the frames where the model sees the part again makes
+    those worse than their own masks (the old smoothing 1.23x, a running
+    average along the flow alone 1.45x). Here about 1.0x."""
+    raw, smooth = truth["per-frame"]["subject"], truth["new"]["subject"]
+    worst = smooth.frame_mad / raw.frame_mad
+    assert worst.max() <= 1.2, worst.round(2)
 
 
 @pytest.mark.parametrize("shot", ["zoom", "handheld", "subject"])
@@ -235,16 +245,16 @@ def test_a_part_the_model_sees_again_is_not_averaged_away():
 
     scene = _texture(400, 90, 2)
     f = MaskFilter(0.8)
-    right = np.s_[8:24, 18:22]  # the part that goes grey, inside the subject
     for i in range(10):
-        x = 4 * i  # the camera pans 4 pixels a frame; the subject is part of the scene
+        # The camera pans 4 pixels a frame (0.8 of the mask's); the subject is part of the scene.
+        x = 4 * i
+        dx = round(x * 32 / 160)
         mask = np.zeros((32, 32), np.uint8)
-        mask[8:24, 8 - round(x * 32 / 160):24 - round(x * 32 / 160)] = 255
-        lost = 6 <= i < 9
-        if lost:
-            mask[8:24, 16 - round(x * 32 / 160):24 - round(x * 32 / 160)] = 128
+        mask[8:24, 8 - dx:24 - dx] = 255
+        if 6 <= i < 9:
+            mask[8:24, 16 - dx:24 - dx] = 128  # its right half lost
         got = f(mask, _frame(i, np.ascontiguousarray(scene[:, x:x + 160])))
-        part = got[8:24, 16 - round(x * 32 / 160):22 - round(x * 32 / 160)]
+        part = got[8:24, 16 - dx:22 - dx]
         if i == 6:
             assert part.mean() > 200, part.mean()  # resisted
         if i == 9:
