@@ -66,8 +66,9 @@ class MaskFilter:
     FLOW = 256
     # Forward-backward disagreement (thumbnail pixels) at which trust is gone.
     AGREE = 3.0
-    # Colour error (0..1, largest channel) of the carried thumbnail at which trust is gone:
-    # bilinear resampling errs by ~0.1 across sharp edges, which is where the masks jitter.
+    # Colour error (0..1, largest channel) of the carried thumbnail at which trust is gone.
+    # Resampling errs most across sharp edges, where the masks jitter most: at 0.1 the
+    # memory was gone there, and pans were steadied far less (docs/temporal.md).
     MATCH = 0.3
     # Mean colour error over 16x16 blocks of the carried thumbnail: a moving
     # picture stays far below it, a cut to another picture is above it.
