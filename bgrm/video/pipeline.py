@@ -38,22 +38,28 @@ class MaskFilter:
 
     Masks arrive at model size (uint8), one per frame, in order, with their
     frame. With ``strength`` s > 0 the mask is a running average that moves
-    with the picture: the average so far is carried to the new frame along
-    the optical flow between the two frames' thumbnails, then blended with
-    the new mask, keeping up to s of the carried one. Per-frame U^2-Net
-    masks jitter (that is the flicker) on still shots, pans, zooms, shaking
-    cameras and moving subjects alike, and the average follows all of them.
-    Where the flow cannot be trusted the memory falls to 0 and the new mask
-    is taken as it is, so nothing trails behind a moving edge: where the
-    flow back and the flow forth do not meet (occlusions, uncovered
-    background, fast motion), where the carried picture does not match the
-    new one, and where the picture came from outside the last frame. A frame
-    the carried picture does not explain at all is a scene cut and starts
-    afresh. ``strength`` 0 means per-frame masks, untouched.
+    with the picture: the average so far is carried to the new frame, then
+    blended with the new mask, keeping up to s of the carried one. Per-frame
+    U^2-Net masks jitter (that is the flicker) on still shots, pans, zooms,
+    shaking cameras and moving subjects alike, and the average follows all
+    of them. Each pixel is carried along the optical flow between the two
+    frames' thumbnails or not moved at all, whichever brings the last frame's
+    colour closer to this one's: the flow is smooth across the edge between a
+    still subject and a moving background, and would drag the one with the other.
+    Where the carried picture cannot be trusted the memory falls to 0 and the
+    new mask is taken as it is, so nothing trails behind a moving edge: where
+    the flow back and the flow forth do not meet (occlusions, uncovered
+    background, fast motion), where the carried colour differs much from the
+    new, and where the picture came from outside the last frame. Where the
+    picture moves, a mask more decisive than the average (nearer 0 or 1)
+    replaces more of it: the model sees a part it had lost for a few frames
+    again, and that is not averaged away. A frame the carried picture does not
+    explain at all is a scene cut and starts afresh. ``strength`` 0 means
+    per-frame masks, untouched.
 
     The flow is OpenCV's DIS (dense inverse search), its fastest preset, on
     thumbnails of FLOW pixels across: ~1-3 ms a pair on one core, against
-    hundreds of ms for the model.
+    hundreds of ms for the model. docs/temporal.md has the measures.
     """
 
     # Thumbnail's long side: the model's 320 pixels span the frame; finer flow
@@ -62,18 +68,23 @@ class MaskFilter:
     # Forward-backward disagreement (thumbnail pixels) at which trust is gone.
     AGREE = 3.0
     # Colour error (0..1, largest channel) of the carried thumbnail at which trust is gone.
-    MATCH = 0.1
+    # Resampling errs most across sharp edges, where the masks jitter most: at 0.1 the
+    # memory was gone there, and pans were steadied far less (docs/temporal.md).
+    MATCH = 0.3
     # Mean colour error over 16x16 blocks of the carried thumbnail: a moving
     # picture stays far below it, a cut to another picture is above it.
     CUT = 0.1
     # Flow below this (thumbnail pixels) is noise on a still picture: taken as 0.
     STILL = 0.3
+    # A new mask this much more decisive (|2m - 1|, 0..1) than the average replaces
+    # it outright, where the picture moves by MOVING thumbnail pixels or more.
+    SURE = 1 / 3
+    MOVING = 2.0
 
     def __init__(self, strength: float):
         self.strength = strength
         self._state: np.ndarray | None = None  # float32 0..1 at model size
         self._thumb: np.ndarray | None = None
-        self._count = 0  # frames in the average since it started
         self.cuts: list[int] = []  # frame indices where the smoothing started afresh
         self._flow = None
         if strength > 0:
@@ -99,52 +110,87 @@ class MaskFilter:
         new = mask.astype(np.float32) / 255.0
         prev, self._thumb = self._thumb, thumb
         if prev is None or self._state is None or self._state.shape != new.shape:
-            self._state, self._count = new, 1
+            self._state = new
             return mask
         # A picture of another shape is another picture.
         carried = self._carry(prev, thumb, self._state) if prev.shape == thumb.shape else None
         if carried is None:
             self.cuts.append(frame.index)
-            self._state, self._count = new, 1
+            self._state = new
             return mask
-        state, trust = carried
-        # Until the average holds a few frames it is their plain mean: the first
-        # frame (often an encoder's noisier keyframe) weighs no more than the next.
-        keep = min(self.strength, self._count / (self._count + 1))
-        self._count += 1
-        self._state = new + (keep * trust) * (state - new)
+        state, trust, speed = carried
+        surer = np.abs(2.0 * new - 1.0) - np.abs(2.0 * state - 1.0)
+        fresh = np.clip(surer / self.SURE, 0.0, 1.0) * np.clip(speed / self.MOVING, 0.0, 1.0)
+        self._state = new + (self.strength * trust * (1.0 - fresh)) * (state - new)
         return (self._state * 255.0 + 0.5).astype(np.uint8)
 
     def _carry(self, prev: np.ndarray, thumb: np.ndarray, state: np.ndarray):
-        """(``state`` moved from ``prev``'s frame to ``thumb``'s, trust in it 0..1),
-        both at ``state``'s size; None at a scene cut."""
+        """(``state`` moved from ``prev``'s frame to ``thumb``'s, trust in it 0..1,
+        the picture's speed in thumbnail pixels), all at ``state``'s size; None at
+        a scene cut."""
+        import cv2
+
+        motion = self._motion(prev, thumb)
+        if motion is None:
+            return None
+        back, trust, moved = motion
+        h, w = thumb.shape[:2]
+        sh, sw = state.shape
+        speed = cv2.resize(np.hypot(back[..., 0], back[..., 1]), (sw, sh),
+                           interpolation=cv2.INTER_LINEAR)
+        # Where the unmoved last frame matches this one better, the pixel did not move.
+        still = _colour_error(prev, thumb)
+        unmoved = still <= moved
+        back[unmoved] = 0.0
+        trust = np.where(unmoved, np.clip(1.0 - still / self.MATCH, 0.0, 1.0), trust)
+        flow = cv2.resize(back, (sw, sh), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= sw / w
+        flow[..., 1] *= sh / h
+        return (_move(state, flow), cv2.resize(trust, (sw, sh), interpolation=cv2.INTER_LINEAR),
+                speed)
+
+    def _motion(self, prev: np.ndarray, thumb: np.ndarray):
+        """(where each thumbnail pixel was in ``prev``, as an offset; trust in
+        that, 0..1; the colour error of ``prev`` moved so); None at a scene cut."""
         import cv2
 
         grey = [cv2.cvtColor(t, cv2.COLOR_RGB2GRAY) for t in (thumb, prev)]
-        back = self._flow.calc(grey[0], grey[1], None)  # where each pixel was before
+        back = self._flow.calc(grey[0], grey[1], None)
         # Sensor noise moves nothing: a still picture is not resampled (which would blur).
         back[np.abs(back) < self.STILL] = 0.0
-        forth = self._flow.calc(grey[1], grey[0], None)
-        h, w = grey[0].shape
-        xs, ys = _grid(w, h)
-        mx, my = xs + back[..., 0], ys + back[..., 1]
-        seen = cv2.remap(prev, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        d = cv2.absdiff(seen, thumb)
-        error = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]).astype(np.float32) / 255
+        error = _colour_error(_move(prev, back), thumb)
         if cv2.resize(error, (16, 16), interpolation=cv2.INTER_AREA).mean() > self.CUT:
             return None
         # Going back along ``back`` and forth again along ``forth`` should land home.
-        there = cv2.remap(forth, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        forth = self._flow.calc(grey[1], grey[0], None)
+        there = _move(forth, back)
         miss = np.hypot(back[..., 0] + there[..., 0], back[..., 1] + there[..., 1])
         trust = np.clip(1.0 - miss / self.AGREE, 0.0, 1.0) \
             * np.clip(1.0 - error / self.MATCH, 0.0, 1.0)
+        h, w = grey[0].shape
+        xs, ys = _grid(w, h)
+        mx, my = xs + back[..., 0], ys + back[..., 1]
         trust[(mx < 0) | (my < 0) | (mx > w - 1) | (my > h - 1)] = 0.0
-        sh, sw = state.shape
-        flow = cv2.resize(back, (sw, sh), interpolation=cv2.INTER_LINEAR)
-        xs, ys = _grid(sw, sh)
-        moved = cv2.remap(state, xs + flow[..., 0] * (sw / w), ys + flow[..., 1] * (sh / h),
-                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return moved, cv2.resize(trust, (sw, sh), interpolation=cv2.INTER_LINEAR)
+        return back, trust, error
+
+
+def _move(picture: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``picture`` resampled at each pixel's place plus ``offset`` (bilinear, edges repeated)."""
+    import cv2
+
+    h, w = offset.shape[:2]
+    xs, ys = _grid(w, h)
+    return cv2.remap(picture, xs + offset[..., 0], ys + offset[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def _colour_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest channel difference of two RGB uint8 pictures, 0..1
+    (so that edges between colours of equal brightness count)."""
+    import cv2
+
+    d = cv2.absdiff(a, b)
+    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]).astype(np.float32) / 255
 
 
 @functools.lru_cache(maxsize=4)
