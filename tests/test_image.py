@@ -481,8 +481,8 @@ def test_matting_survives_thresholds_that_leave_no_sure_region(astronaut_mask):
     assert np.abs(alpha.astype(int) - astronaut_mask).max() <= 1
 
 
-def test_pymatting_warnings_never_reach_stdout(astronaut_mask, capfd):
-    # These thresholds make pymatting's preconditioner print a "PERFORMANCE
+def test_matting_warnings_never_reach_stdout(astronaut_mask, capfd):
+    # These thresholds made pymatting's preconditioner print a "PERFORMANCE
     # WARNING" on stdout, which would corrupt `bgrm image -` and --json.
     run_matte("astronaut.png", astronaut_mask, fg=250)
     assert capfd.readouterr().out == ""
