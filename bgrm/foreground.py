@@ -53,42 +53,62 @@ def _relax(img: np.ndarray, a: np.ndarray, f: np.ndarray, b: np.ndarray,
     """``sweeps`` red-black sweeps of the per-pixel 2x2 solve at one level."""
     h, w = a.shape
     # F and B as six planes (channels first, so every operation runs along
-    # whole rows), with a one-pixel border repeating the edge: pymatting clamps
+    # rows), with a one-pixel border repeating the edge: pymatting clamps
     # neighbours at the edge.
     fb = np.empty((6, h + 2, w + 2), dtype=np.float32)
     fb[:3, 1:-1, 1:-1], fb[3:, 1:-1, 1:-1] = f.transpose(2, 0, 1), b.transpose(2, 0, 1)
     _repeat_edge(fb)
-    shifts = ((slice(1, -1), slice(0, -2)), (slice(1, -1), slice(2, None)),
-              (slice(0, -2), slice(1, -1)), (slice(2, None), slice(1, -1)))
     padded = np.pad(a, 1, mode="edge")
-    # Neighbour weights: regularisation plus alpha's gradient keeps colours
-    # flat where alpha is flat and lets them change across its edges.
-    weights = [_REGULARIZATION + _GRADIENT_WEIGHT * np.abs(a - padded[s]) for s in shifts]
+    # Neighbour weights (left, right, up, down): regularisation plus alpha's
+    # gradient keeps colours flat where alpha is flat and lets them change
+    # across its edges.
+    weights = [_REGULARIZATION + _GRADIENT_WEIGHT * np.abs(a - padded[s])
+               for s in ((slice(1, -1), slice(0, -2)), (slice(1, -1), slice(2, None)),
+                         (slice(0, -2), slice(1, -1)), (slice(2, None), slice(1, -1)))]
     a1 = 1.0 - a
     total = sum(weights)
     a00, a11, a01 = a * a + total, a1 * a1 + total, a * a1
     inv_det = 1.0 / (a00 * a11 - a01 * a01)
-    # [F, B] = inverse([[a00, a01], [a01, a11]]) [aI + nF, (1-a)I + nB]
-    c_ff, c_fb, c_bb = (x * inv_det for x in (a11, -a01, a00))
     planes = img.transpose(2, 0, 1)
+    # Per pixel: [F, B] = inverse([[a00, a01], [a01, a11]]) [aI + nF, (1-a)I + nB],
+    # nF and nB the weighted sums of the neighbours' F and B.
+    per_pixel = [a11 * inv_det, -a01 * inv_det, a00 * inv_det, *weights]
     own = np.concatenate([a * planes, a1 * planes])
-    red = np.add.outer(np.arange(h), np.arange(w)) % 2 == 0
-    inner = fb[:, 1:-1, 1:-1]
-    new, n = np.empty((6, h, w), dtype=np.float32), np.empty((6, h, w), dtype=np.float32)
+    # The four sub-grids of every other row and column: (0, 0) and (1, 1) are
+    # the red squares, whose neighbours are all black, and the other way round.
+    lattices = [_Lattice(py, px, h, w, per_pixel, own) for py, px in ((0, 0), (1, 1), (0, 1), (1, 0))]
     for _ in range(sweeps):
-        for colour in (red, ~red):
-            np.multiply(weights[0], fb[(slice(None), *shifts[0])], out=n)
-            for wgt, s in zip(weights[1:], shifts[1:], strict=True):
-                n += wgt * fb[(slice(None), *s)]
-            n += own
-            np.multiply(c_ff, n[:3], out=new[:3])
-            new[:3] += c_fb * n[3:]
-            np.multiply(c_fb, n[:3], out=new[3:])
-            new[3:] += c_bb * n[3:]
-            np.clip(new, 0.0, 1.0, out=new)
-            np.copyto(inner, new, where=colour)
+        for colour in (lattices[:2], lattices[2:]):
+            for lattice in colour:
+                lattice.update(fb)
             _repeat_edge(fb)
+    inner = fb[:, 1:-1, 1:-1]
     return inner[:3].transpose(1, 2, 0).copy(), inner[3:].transpose(1, 2, 0).copy()
+
+
+class _Lattice:
+    """Every other pixel from (py, px): its coefficients, and where its own and
+    its four neighbours' values sit in the bordered F and B planes."""
+
+    def __init__(self, py: int, px: int, h: int, w: int, per_pixel: list, own: np.ndarray):
+        sub = (slice(py, None, 2), slice(px, None, 2))
+        self.c_ff, self.c_fb, self.c_bb, *self.weights = (x[sub] for x in per_pixel)
+        self.own = own[(slice(None), *sub)]
+        rows, cols = slice(1 + py, h + 1, 2), slice(1 + px, w + 1, 2)
+        self.centre = (slice(None), rows, cols)
+        self.around = [(slice(None), rows, slice(px, w, 2)), (slice(None), rows, slice(2 + px, w + 2, 2)),
+                       (slice(None), slice(py, h, 2), cols), (slice(None), slice(2 + py, h + 2, 2), cols)]
+
+    def update(self, fb: np.ndarray) -> None:
+        n = self.own + self.weights[0] * fb[self.around[0]]
+        for wgt, at in zip(self.weights[1:], self.around[1:], strict=True):
+            n += wgt * fb[at]
+        new = np.empty_like(n)
+        np.multiply(self.c_ff, n[:3], out=new[:3])
+        new[:3] += self.c_fb * n[3:]
+        np.multiply(self.c_fb, n[:3], out=new[3:])
+        new[3:] += self.c_bb * n[3:]
+        np.clip(new, 0.0, 1.0, out=fb[self.centre])
 
 
 def _repeat_edge(x: np.ndarray) -> None:
