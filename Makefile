@@ -1,4 +1,4 @@
-# make install: venv, package, dev deps, warmed numba cache.  make test: the suite.
+# make install: venv, package, dev deps, warmed numba cache (rembg's).  make test: the suite.
 # make system-deps: chromium, PHP and Node's `request` for the page and client tests.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# pymatting compiles with numba on first import (~50 s); pay it here, once.
-	$(PY) -m bgrm.warm
+	# rembg (dev: the parity tests) imports pymatting, which compiles with
+	# numba on first import (~50 s); pay it here, once.
+	$(PY) -c "import pymatting"
 	touch $(STAMP)
 
 # apt-get as root when missing; otherwise it names what to install.

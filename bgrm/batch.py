@@ -183,9 +183,9 @@ _LARGE_INPUT_PIXELS = 4_000_000
 def default_file_threads(kind: str, files: list[Path], matting: bool = False) -> int:
     """Files processed at once on threads of the one process, by default.
 
-    A second process costs its own interpreter, onnxruntime and pymatting
+    A second process costs its own interpreter, onnxruntime and scipy
     imports before its first file, which a run of a few photos never earns
-    back. Threads share the imports and the one model; onnxruntime, numba
+    back. Threads share the imports and the one model; onnxruntime, SuperLU
     (matting) and Pillow's codecs release the GIL. Two files at once pay off
     where each file has much single-threaded work besides the inference:
     alpha matting, and large photos (a mean of 4 MP or more, from the headers

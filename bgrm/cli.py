@@ -1,7 +1,7 @@
 """The command line: parse, build options, run, report. Nothing heavy at import.
 
-``bgrm --help`` must stay fast, so onnxruntime, pymatting, numba, scipy and
-imageio are imported only inside the commands that need them.
+``bgrm --help`` must stay fast, so onnxruntime, scipy and imageio are
+imported only inside the commands that need them.
 """
 
 from __future__ import annotations

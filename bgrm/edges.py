@@ -37,12 +37,9 @@ _SUBJECT_INSET = 5  # pixels at the estimate's scale (an n x n erosion)
 CROP_THRESHOLD = 8
 
 
-def refine(rgb: np.ndarray, mask: np.ndarray, matting: MattingOptions, edges: EdgeOptions,
-           memory=None) -> tuple[np.ndarray, np.ndarray]:
-    """Full-size RGB and network mask -> (alpha uint8 HxW, foreground colour uint8 HxWx3).
-
-    ``memory``: the matte's state between successive video frames (bgrm.matte.Memory).
-    """
+def refine(rgb: np.ndarray, mask: np.ndarray, matting: MattingOptions,
+           edges: EdgeOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Full-size RGB and network mask -> (alpha uint8 HxW, foreground colour uint8 HxWx3)."""
     alpha, fg = mask, rgb
     if edges.post_process_mask:
         alpha = post_process(alpha)
@@ -55,7 +52,7 @@ def refine(rgb: np.ndarray, mask: np.ndarray, matting: MattingOptions, edges: Ed
     elif matting.enabled:
         from bgrm.matte import matte
 
-        alpha, fg = matte(rgb, alpha, matting, memory)
+        alpha, fg = matte(rgb, alpha, matting)
     if edges.mask_feather:
         alpha = feather(alpha, edges.mask_feather)
     # ViTMatte predicts coverage only: its soft pixels still hold the old
@@ -65,15 +62,15 @@ def refine(rgb: np.ndarray, mask: np.ndarray, matting: MattingOptions, edges: Ed
     return alpha, fg
 
 
-def import_early(edges: EdgeOptions) -> None:
-    """Start importing pymatting (~0.6 s) on a thread when decontaminate will need
-    it, so it overlaps the decode and the model instead of following them."""
-    if edges.decontaminate or edges.vitmatte:
+def import_early(matting: MattingOptions, edges: EdgeOptions) -> None:
+    """Start importing scipy's sparse solver (~0.4 s) on a thread when the matte
+    will need it, so it overlaps the decode and the model instead of following them."""
+    if matting.enabled and not edges.vitmatte:
+        import importlib
         import threading
 
-        from bgrm.matte import _pymatting
-
-        threading.Thread(target=_pymatting, name="bgrm-import", daemon=True).start()
+        threading.Thread(target=importlib.import_module, args=("scipy.sparse.linalg",),
+                         name="bgrm-import", daemon=True).start()
 
 
 def post_process(mask: np.ndarray) -> np.ndarray:
@@ -154,7 +151,8 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     F and B are estimated on the soft pixels' box (``DECONTAMINATE_SIZE``); a soft
     pixel becomes I + (1-a)(F-B), its hue bounded (``_bound_hue``) and background
     left in it removed (``_Spill``); other pixels are unchanged. See docs/edges.md."""
-    from bgrm.matte import _FOREGROUND_LOCK, _erode, _pymatting, _resize
+    from bgrm.foreground import estimate
+    from bgrm.matte import _erode, _resize
 
     soft = (alpha > 0) & (alpha < 255)
     box = _soft_box(soft)
@@ -176,13 +174,9 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     # The subject's own colour comes from its opaque pixels a few pixels in
     # from the edge: the mask's outer rim of "opaque" pixels still holds spill.
     opaque = _erode(small_alpha >= _SUBJECT, _SUBJECT_INSET, border=False)
-    _, estimate_foreground_ml = _pymatting()
-    with _FOREGROUND_LOCK:
-        f, b = estimate_foreground_ml(small_rgb / 255.0, small_alpha / 255.0,
-                                      return_background=True)
-        # No (nearly) opaque pixel in the box: no subject colour to bound by but F's own.
-        ref = (estimate_foreground_ml(small_rgb / 255.0, opaque.astype(np.float64))
-               if opaque.any() else f)
+    f, b = estimate(small_rgb / 255.0, small_alpha / 255.0)
+    # No (nearly) opaque pixel in the box: no subject colour to bound by but F's own.
+    ref = estimate(small_rgb / 255.0, opaque.astype(np.float64))[0] if opaque.any() else f
     delta = ((f - b) * 255).astype(np.float32)
     delta = _bound_hue(delta, small_rgb, small_alpha, ref * 255)
     spill = _Spill(ref * 255, b * 255)

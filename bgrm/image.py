@@ -239,7 +239,7 @@ def load_background(path: Path) -> Image.Image:
 def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     """Decoded image -> the output picture for these options."""
     rgb = decoded.rgb
-    edges.import_early(opts.edges)
+    edges.import_early(opts.matting, opts.edges)
     mask = np.asarray(segmenter.mask(Image.fromarray(rgb)))
     alpha, fg = edges.refine(rgb, mask, opts.matting, opts.edges)
     if decoded.alpha is not None:

@@ -8,49 +8,16 @@ bounding box of the unknown band, and the result is brought back to full size.
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-
 import numpy as np
 from PIL import Image
 
 from bgrm.options import MattingOptions
 
-# cf_laplacian looks one pixel around each unknown pixel; a few more keep the
-# crop's border well inside known pixels.
+# The Laplacian's windows reach one pixel around each unknown pixel; a few
+# more keep the crop's border well inside known pixels.
 _CROP_MARGIN = 4
-# Conjugate-gradient stopping point. pymatting's default, 1e-7, spends ~30%
-# more iterations for alpha changes of at most 1.5/255 (mean under 0.1/255 on
-# the fixture photos) in the 8-bit alpha that is saved.
-_CG_RTOL = 1e-5
-
-
-# estimate_foreground_ml calls numba-parallel code: under numba's workqueue
-# layer (used where OpenMP and TBB are missing) two threads entering it at
-# once abort the process. It takes ~0.04 s per small photo, so images matted
-# on threads (batch._run_threads) take turns here and nowhere else.
-_FOREGROUND_LOCK = threading.Lock()
-
-
-def _pymatting():
-    """pymatting's two estimators, with numba on one thread.
-
-    Only pymatting's tiny nearest-neighbour resizes are numba-parallel; the
-    OpenMP team they start costs ~0.3 s on first use and then spins against
-    onnxruntime and the other worker for the two cores, making the
-    foreground estimate ~10x slower (0.37 s instead of 0.04 s per small photo).
-    The variable is read when numba is first imported; a user's own setting wins.
-    """
-    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-    from pymatting import estimate_alpha_cf, estimate_foreground_ml
-
-    # ichol print()s a "PERFORMANCE WARNING" when it needs a shift; on stdout it
-    # would corrupt `bgrm image -` and --json. A module-level `print` silences
-    # just that module, and unlike redirecting sys.stdout it is safe when
-    # frames are matted on several threads at once.
-    sys.modules["pymatting.preconditioner.ichol"].print = lambda *args, **kwargs: None
-    return estimate_alpha_cf, estimate_foreground_ml
+# The closed-form Laplacian's regularisation: rembg's (pymatting's default).
+_EPSILON = 1e-7
 
 
 def trimap(mask: np.ndarray, opts: MattingOptions) -> np.ndarray:
@@ -106,141 +73,157 @@ def _unknown_box(tri: np.ndarray) -> tuple[slice, slice] | None:
             slice(max(cols[0] - _CROP_MARGIN, 0), min(cols[-1] + _CROP_MARGIN + 1, w)))
 
 
-class Memory:
-    """What one video frame's matte leaves for a later one (bgrm.video).
-
-    Consecutive frames give nearly the same system: an earlier frame's alpha
-    (at solve size) is a conjugate-gradient start a few iterations nearer the
-    answer, and the diagonal shift the incomplete Cholesky factor needed there
-    is where to begin, instead of failing at shift 0 again first (a failed try
-    costs about as much as the factor itself: ~1 s on a 640x360 frame with a
-    wide band). One per frame, handed out by ``Chain``.
-    """
-
-    def __init__(self, alpha: np.ndarray | None = None, shift: float = 0.0):
-        self.alpha = alpha
-        self.shift = shift
-
-    def preconditioner(self, matrix):
-        from pymatting import ichol
-
-        shifts = _ICHOL_SHIFTS[_ICHOL_SHIFTS.index(self.shift):] \
-            if self.shift in _ICHOL_SHIFTS else _ICHOL_SHIFTS
-        from scipy.sparse.csgraph import reverse_cuthill_mckee
-
-        # The band's pixels in reverse Cuthill-McKee order: the factor fills
-        # in less (7.4M instead of 8.0M entries on a wide 640x360 band), so it
-        # is made and applied ~10% faster; CG itself still runs in raster order.
-        order = reverse_cuthill_mckee(matrix.tocsr(), symmetric_mode=True)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        permuted = matrix[order][:, order].tocsc()
-        for shift in shifts:
-            try:
-                factor = ichol(permuted, shifts=[shift])
-            except ValueError:
-                continue
-            self.shift = shift
-            return lambda r: factor(r[order])[inverse]
-        raise ValueError("incomplete Cholesky failed at every shift")
-
-
-class Chain:
-    """The order of a video's mattes: frame n starts from frame n - ``lag``'s
-    answer, waiting for it while it is still being solved.
-
-    Frames are matted on ``lag`` threads at once. Starting from whichever
-    frame happened to finish last made the start, and so the converged
-    matte, depend on the threads' timing: two runs of one clip differed by
-    up to 199 levels of alpha on a frame. A fixed predecessor gives the same
-    bytes on every run; with ``lag`` threads it is the frame submitted
-    ``lag`` before, already running when frame n starts, so little is waited.
-    """
-
-    def __init__(self, lag: int):
-        self.lag = lag
-        self._count = 0
-        self._done: dict[int, Memory] = {}
-        self._cond = threading.Condition()
-
-    def ticket(self) -> int:
-        """The next frame's number; asked in frame order (one thread)."""
-        self._count += 1
-        return self._count - 1
-
-    def start(self, ticket: int) -> Memory:
-        if ticket < self.lag:
-            return Memory()
-        with self._cond:
-            self._cond.wait_for(lambda: ticket - self.lag in self._done)
-            before = self._done.pop(ticket - self.lag)
-        return Memory(before.alpha, before.shift)
-
-    def end(self, ticket: int, memory: Memory | None) -> None:
-        """Frame ``ticket`` is done (or failed: a later frame starts afresh)."""
-        with self._cond:
-            self._done[ticket] = memory or Memory()
-            self._cond.notify_all()
-
-
-# pymatting's own sequence of diagonal shifts for ichol.
-_ICHOL_SHIFTS = [0.0, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 10.0, 100, 1e3, 1e4, 1e5]
-
-
-def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray,
-          initial: np.ndarray | None = None, memory: Memory | None = None):
+def solve(rgb: np.ndarray, tri: np.ndarray, mask: np.ndarray):
     """Closed-form matte over the unknown band of ``tri``.
 
     Returns (alpha float32 HxW in 0..1, foreground-minus-background float32
-    HxWx3), both at the size of ``rgb``. ``initial`` (an alpha at that size) is
-    the conjugate-gradient start, which video uses to begin from the previous
-    frame's answer; ``memory`` also carries the preconditioner's shift.
+    HxWx3), both at the size of ``rgb``. The matte is rembg's: pymatting's
+    ``estimate_alpha_cf`` (Levin et al., windows of 3x3, epsilon 1e-7), here
+    solved exactly by a sparse LU factorisation instead of conjugate gradients.
     """
-    estimate_alpha_cf, estimate_foreground_ml = _pymatting()
+    from bgrm.foreground import estimate
+
     alpha = (tri == 255).astype(np.float32)
     delta = np.zeros(rgb.shape, dtype=np.float32)
     box = _unknown_box(tri)
     if box is None:
         return alpha, delta
     img = rgb[box].astype(np.float64) / 255.0
-    sub_tri = tri[box].astype(np.float64) / 255.0
+    sub_tri = tri[box]
     # The network's own soft mask over the band: the answer wherever the
     # closed-form matte cannot be had.
-    network = np.where(tri[box] == 128, mask[box] / 255.0, sub_tri)
-    if not ((sub_tri == 1).any() and (sub_tri == 0).any()):
-        # Without both a sure foreground and a sure background the matte has
-        # nothing to anchor it.
-        sub_alpha = network
-    else:
-        cg_kwargs = {"rtol": _CG_RTOL}
-        is_unknown = tri[box].ravel() == 128
-        if initial is not None:
-            # The solver's unknowns are the band's pixels in raster order.
-            cg_kwargs["x0"] = initial[box].astype(np.float64).ravel()[is_unknown]
-        try:
-            # Always through Memory's preconditioner, a still photo too: in
-            # reverse Cuthill-McKee order the factor is cheaper and, where the
-            # plain order needs a diagonal shift (the mirrored astronaut), it
-            # needs none, so CG stops near rembg's answer (mean 0.28/255 off in
-            # the unsure band instead of 1.98, IoU at 0.5 0.9993 instead of 0.979).
-            sub_alpha = estimate_alpha_cf(
-                img, sub_tri, cg_kwargs=cg_kwargs,
-                preconditioner=(memory or Memory()).preconditioner)
-        except ValueError:
-            # The preconditioner can fail outright on some trimaps (rembg falls back too).
-            sub_alpha = network
-    with _FOREGROUND_LOCK:
-        fg, bg = estimate_foreground_ml(img, sub_alpha, return_background=True)
+    sub_alpha = np.where(sub_tri == 128, mask[box] / 255.0, sub_tri / 255.0)
+    # Without both a sure foreground and a sure background the matte has
+    # nothing to anchor it (rembg gives up there too).
+    if (sub_tri == 255).any() and (sub_tri == 0).any() and min(sub_tri.shape) >= 3:
+        unknown = _solve_band(img, sub_tri)
+        if unknown is not None:
+            sub_alpha[sub_tri == 128] = unknown
+    fg, bg = estimate(img, sub_alpha)
     alpha[box] = sub_alpha
     delta[box] = fg - bg
     return alpha, delta
 
 
-def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions,
-          memory: Memory | None = None):
-    """Full-size RGB and mask -> (alpha uint8 HxW, foreground uint8 HxWx3).
+def _solve_band(img: np.ndarray, tri: np.ndarray) -> np.ndarray | None:
+    """The unknown pixels' alpha (raster order), or None where the system is singular."""
+    from scipy.sparse.linalg import splu
 
-    ``memory``: successive frames of one video (see ``Memory``).
+    matrix, rhs = _laplacian_system(img, tri)
+    try:
+        # The matrix is symmetric, and definite but badly conditioned (epsilon
+        # 1e-7 in flat colour): a fill-reducing symmetric ordering and no
+        # pivoting for size keep the factor small and the order symmetric.
+        # (Cholesky proper fails on rounding; LU without row swaps does not.)
+        # SuperLU releases the GIL, so video frames matted on threads overlap.
+        factor = splu(matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                      options={"SymmetricMode": True})
+        x = factor.solve(rhs)
+    except RuntimeError:  # "Factor is exactly singular"
+        return None
+    if not np.isfinite(x).all():
+        return None
+    return np.clip(x, 0.0, 1.0)
+
+
+# Each pixel pair (k, l) of a 3x3 window as a step in the 5x5 neighbourhood of
+# k: the column of a row's 25 possible entries that the pair adds to.
+_KY, _KX = np.divmod(np.arange(9), 3)
+_PAIR = (_KY[None, :] - _KY[:, None] + 2) * 5 + (_KX[None, :] - _KX[:, None] + 2)
+
+
+def _laplacian_system(img: np.ndarray, tri: np.ndarray):
+    """The matting Laplacian's unknown rows, as pymatting's ``cf_laplacian``
+    and ``estimate_alpha_cf`` make them: (L_UU as a CSC matrix, -L_UK m) with
+    m 1 on sure foreground, 0 on sure background.
+
+    Built only from the 3x3 windows that hold an unknown pixel: those are the
+    only ones that add to an unknown row, so the rest of the box costs nothing.
+    """
+    import scipy.sparse
+
+    h, w = tri.shape
+    unknown = tri == 128
+    n_u = int(unknown.sum())
+    # Each pixel's place among the unknowns; known pixels share one spare row
+    # whose sums are dropped.
+    number = np.full(h * w, n_u, dtype=np.int64)
+    number[unknown.ravel()] = np.arange(n_u)
+    touched = np.zeros((h - 2, w - 2), dtype=bool)
+    for dy in range(3):
+        for dx in range(3):
+            touched |= unknown[dy:dy + h - 2, dx:dx + w - 2]
+    cy, cx = np.nonzero(touched)
+    steps = np.array([dy * w + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    pixels = ((cy + 1) * w + (cx + 1))[:, None] + steps[None, :]  # windows x 9
+    values = _window_values(img.reshape(-1, 3)[pixels])
+    rows = number[pixels]
+    keys = rows[:, :, None] * 25 + _PAIR[None]
+    # Summed window by window in raster order, as pymatting sums them.
+    entries = np.bincount(keys.ravel(), weights=values.ravel(),
+                          minlength=(n_u + 1) * 25)[:n_u * 25].reshape(n_u, 25)
+    sy, sx = np.divmod(np.arange(25), 5)
+    where = np.flatnonzero(unknown.ravel())[:, None] + ((sy - 2) * w + (sx - 2))[None, :]
+    np.clip(where, 0, h * w - 1, out=where)  # steps off the box carry no entry
+    cols = number[where]
+    known = cols == n_u
+    to_fg = np.where(known & (tri.ravel() == 255)[where], entries, 0.0)
+    rhs = to_fg[:, 0].copy()
+    for k in range(1, 25):  # in column order, as the sparse product adds them
+        rhs += to_fg[:, k]
+    rhs = -rhs
+    keep = ~known & (entries != 0)
+    indptr = np.zeros(n_u + 1, dtype=np.int64)
+    np.cumsum(keep.sum(axis=1), out=indptr[1:])
+    # Rows in raster order with their columns ascending: a valid CSR matrix,
+    # and as the matrix is symmetric, its transpose is the CSC one.
+    matrix = scipy.sparse.csc_matrix((entries[keep], cols[keep], indptr), shape=(n_u, n_u))
+    return matrix, rhs
+
+
+def _window_values(colors: np.ndarray) -> np.ndarray:
+    """Each window's 9x9 block of the Laplacian, [k == l] - (1 + (I_k - mu)
+    inverse(S) (I_l - mu)) / 9, S being the window's colour covariance plus
+    epsilon / 9.
+
+    S and its inverse are pymatting's sum for sum and expression for
+    expression: in a grey window S is singular but for epsilon, its
+    determinant and cofactors are mostly rounding, and rembg's matte follows
+    that rounding. Summed or inverted otherwise (even exactly) the matte of a
+    grey photo moved up to 50/255 from rembg's.
+    """
+    total = colors[:, 0]
+    for k in range(1, 9):
+        total = total + colors[:, k]
+    c = colors - (total / 9.0)[:, None, :]
+
+    def moment(p: int, q: int, start: float) -> np.ndarray:
+        acc = start + c[:, 0, p] * c[:, 0, q]
+        for k in range(1, 9):
+            acc = acc + c[:, k, p] * c[:, k, q]
+        return acc / 9.0
+
+    a00, a01, a02 = moment(0, 0, _EPSILON), moment(0, 1, 0.0), moment(0, 2, 0.0)
+    a11, a12, a22 = moment(1, 1, _EPSILON), moment(1, 2, 0.0), moment(2, 2, _EPSILON)
+    det = (a00 * a12 * a12 + a01 * a01 * a22 + a02 * a02 * a11
+           - a00 * a11 * a22 - 2 * a01 * a02 * a12)
+    inv_det = 1.0 / det
+    inverse = np.empty((len(c), 3, 3))
+    inverse[:, 0, 0] = (a12 * a12 - a11 * a22) * inv_det
+    inverse[:, 0, 1] = inverse[:, 1, 0] = (a01 * a22 - a02 * a12) * inv_det
+    inverse[:, 0, 2] = inverse[:, 2, 0] = (a02 * a11 - a01 * a12) * inv_det
+    inverse[:, 1, 1] = (a02 * a02 - a00 * a22) * inv_det
+    inverse[:, 1, 2] = inverse[:, 2, 1] = (a00 * a12 - a01 * a02) * inv_det
+    inverse[:, 2, 2] = (a01 * a01 - a00 * a11) * inv_det
+    values = np.matmul(np.matmul(c, inverse), c.transpose(0, 2, 1))
+    values += 1.0
+    values /= -9.0
+    values[:, np.arange(9), np.arange(9)] += 1.0
+    return values
+
+
+def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions):
+    """Full-size RGB and mask -> (alpha uint8 HxW, foreground uint8 HxWx3).
 
     The matte is solved at alpha_base_size and brought back to full size. The
     foreground colour uses I = aF + (1-a)B, so F = I + (1-a)(F-B): the image's
@@ -252,12 +235,7 @@ def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions,
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     small_rgb = _resize(rgb, small, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
     small_mask = _resize(mask, small)
-    initial = memory.alpha if memory is not None else None
-    if initial is not None and initial.shape != small_mask.shape:
-        initial = None
-    alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask, initial, memory)
-    if memory is not None:
-        memory.alpha = alpha_s
+    alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask)
     alpha = np.clip(_resize_float(alpha_s, (w, h)), 0.0, 1.0)
     ys, xs = np.nonzero((alpha > 0.0) & (alpha < 1.0))
     fg = rgb.copy()

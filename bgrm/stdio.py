@@ -13,7 +13,7 @@ def stdout_to_stderr() -> Iterator[None]:
     """While inside, stdout (fd 1 too) points at stderr.
 
     bgrm's own stdout is the PNG of ``bgrm image -`` or the --json report,
-    written after this; whatever a library prints meanwhile (pymatting's
+    written after this; whatever a library prints meanwhile (a solver's
     warnings, onnxruntime banners), in this process or a worker, must not end
     up in the middle of it.
     """

@@ -1,5 +1,5 @@
 """Executors in this process: one file at a time in the calling thread, or several
-files at once on threads (onnxruntime, numba and Pillow's codecs release the GIL)."""
+files at once on threads (onnxruntime, SuperLU and Pillow's codecs release the GIL)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def _worker(conn, fn: Fn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
     unwind_on_termination()
     # The parent's stdout carries --json; anything a library prints in a worker
-    # (pymatting's warnings, C-level banners) goes to stderr instead.
+    # (warnings, C-level banners) goes to stderr instead.
     with stdout_to_stderr():
         while True:
             try:

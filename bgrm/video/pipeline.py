@@ -202,8 +202,8 @@ def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
 def matting_threads() -> int:
     """Frames matted at once: one per core, two to four.
 
-    pymatting's factorisation, triangular solves and Laplacian are numba code
-    without the GIL, so frames matted on threads overlap. Measured on 2 cores
+    The sparse factorisation (SuperLU) and numpy's array work release the GIL,
+    so frames matted on threads overlap. Measured on 2 cores
     shared with other work, 30 frames of 640x360: 87-101 s with two threads,
     141 s with one. More than four would only wait: the queue after the
     finish step keeps a few frames in flight.
@@ -276,22 +276,11 @@ def _background(opts: VideoOptions, fmt: Format, rate: Callable[[], Fraction | N
     return None, None
 
 
-def _composer(opts: VideoOptions, fmt: Format, background, chain) -> tuple[Callable, Callable]:
-    """(rgb, mask, ticket -> alpha, fg: the edge steps; rgb, alpha, fg -> the output frame).
+def _composer(opts: VideoOptions, fmt: Format, background) -> tuple[Callable, Callable]:
+    """(rgb, mask -> alpha, fg: the edge steps; rgb, alpha, fg -> the output frame)."""
 
-    ``chain`` (bgrm.matte.Chain, with --alpha-matting) orders the frames' mattes;
-    ``ticket`` is the frame's place in it."""
-
-    def edge_frame(rgb: np.ndarray, mask: np.ndarray,
-                   ticket: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        if chain is None:
-            return edges.refine(rgb, mask, opts.matting, opts.edges)
-        memory = None
-        try:
-            memory = chain.start(ticket)
-            return edges.refine(rgb, mask, opts.matting, opts.edges, memory)
-        finally:
-            chain.end(ticket, memory)
+    def edge_frame(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return edges.refine(rgb, mask, opts.matting, opts.edges)
 
     def paint_frame(rgb: np.ndarray, alpha: np.ndarray, fg: np.ndarray) -> np.ndarray:
         if fmt.compose == "cutout":
@@ -410,15 +399,10 @@ class _FileRun:
         # The rate is asked at the first frame, when the reader has read the header.
         self.background, self.release_background = _background(
             opts, self.fmt, lambda: self.out_rate or self.reader.info.rate)
-        self.matting = self.chain = None
+        self.matting = None
         if opts.matting.enabled:
-            from bgrm.matte import Chain
-
-            threads = matting_threads()
-            self.matting = ThreadPoolExecutor(threads, thread_name_prefix="bgrm-matte")
-            self.chain = Chain(threads)
-        self.edge_frame, self.paint_frame = _composer(opts, self.fmt, self.background,
-                                                      self.chain)
+            self.matting = ThreadPoolExecutor(matting_threads(), thread_name_prefix="bgrm-matte")
+        self.edge_frame, self.paint_frame = _composer(opts, self.fmt, self.background)
         self.mask_filter = MaskFilter(opts.temporal_smoothing)
         self.spool = _Spool(dst.parent) if opts.edges.crop else None
         self.reader = cut.reader(src, self.name, opts) if cut is not None else \
@@ -500,12 +484,11 @@ class _FileRun:
         if self.matting is not None:
             # Frames are matted side by side; encode() takes them back in order.
             # The queue after this step (two items) bounds the frames in flight.
-            return self.matting.submit(self.render, frame.rgb, mask,
-                                       self.chain.ticket()), frame.pts
+            return self.matting.submit(self.render, frame.rgb, mask), frame.pts
         return self.render(frame.rgb, mask), frame.pts
 
-    def render(self, rgb: np.ndarray, mask: np.ndarray, ticket: int | None = None):
-        alpha, fg = self.edge_frame(rgb, mask, ticket)
+    def render(self, rgb: np.ndarray, mask: np.ndarray):
+        alpha, fg = self.edge_frame(rgb, mask)
         if self.spool is not None:
             return rgb, alpha, fg  # composed in the second pass, once the box is known
         return self.paint_frame(rgb, alpha, fg)
