@@ -92,6 +92,10 @@ class Session:
     ``birefnet-general``... : ``bgrm models list``) or a path to an ``.onnx``
     file, run the way ``model_family`` says (default ``u2net``); ``None`` means
     u2net when installed, otherwise the bundled u2netp (with a warning).
+    ``threads``: onnxruntime threads a run (default: every core). ``lanes``: a
+    video's frames in the model at once, each run on ``threads`` threads;
+    ``threads=1, lanes=os.cpu_count()`` is what ``bgrm video`` does, at fewer
+    CPU seconds than one run on every core.
 
     >>> from PIL import Image
     >>> session = bgrm.Session("u2netp")
@@ -102,7 +106,7 @@ class Session:
 
     def __init__(self, model: str | ResolvedModel | None = None, *,
                  model_family: str | None = None, device: str = "auto",
-                 threads: int | None = None, spinning: bool = True):
+                 threads: int | None = None, spinning: bool = True, lanes: int = 1):
         from bgrm.models import ResolvedModel, resolve
         from bgrm.options import DEVICES
         from bgrm.segment import get_segmenter
@@ -116,7 +120,7 @@ class Session:
         self.model = model
         # One session per process and settings (segment's cache): another
         # Session with the same settings shares it.
-        self.segmenter = get_segmenter(model, device, threads, spinning)
+        self.segmenter = get_segmenter(model, device, threads, spinning, lanes)
 
     def _check_model(self, params: dict[str, Any]) -> None:
         model = params.pop("model", None)

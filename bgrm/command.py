@@ -83,15 +83,20 @@ def _plan(job: str, opts, model: ResolvedModel, files: list[Path], *, processes,
     # double its activation memory, and one already keeps every core busy).
     file_threads = 1 if scheduler or processes or model.big else \
         batch.default_file_threads(job, files, matting)
+    lanes = 1
     if not scheduler:
         at_once = max(1, min(workers * file_threads, len(files) or 1))
         threads = threads or max(1, (os.cpu_count() or 1) // at_once)
+        if job == "video":
+            from bgrm.segment import video_lanes
+
+            threads, lanes = video_lanes(model, device, threads)
     # The one place that decides onnxruntime's spinning for a run (the preload
     # below, run_task and run.cluster all read runtime.spinning, so one session
     # is made). Video overlaps decode, inference, masks and encode on threads,
     # where spinning only steals their cores (README, Speed).
     runtime = Runtime(model, device, threads, skip_existing, show_traceback,
-                      spinning=not matting and job == "image")
+                      spinning=not matting and job == "image", lanes=lanes)
     _load_or_check_model(runtime, workers, scheduler, len(files))
     executor = executor_for(len(files), processes=workers, file_threads=file_threads,
                             timeout=timeout, scheduler=scheduler, say=_say)
@@ -109,7 +114,8 @@ def _load_or_check_model(runtime: Runtime, workers: int, scheduler: str | None,
         check_device(device)  # one clear error, not the same one for every file
     if workers <= 1 and not scheduler:
         # Loaded here and kept: the files run in this process on the same session.
-        Session(model, device=device, threads=runtime.threads, spinning=runtime.spinning)
+        Session(model, device=device, threads=runtime.threads, spinning=runtime.spinning,
+                lanes=runtime.lanes)
     elif model.custom:
         from bgrm.segment import check_model
 

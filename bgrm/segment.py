@@ -81,11 +81,32 @@ def _session(model: ResolvedModel, opts, device: str):
     return session
 
 
+def video_lanes(model: ResolvedModel, device: str, threads: int | None) -> tuple[int, int]:
+    """(onnxruntime threads a run, runs at once) for a video's frames on ``threads`` cores.
+
+    One run on several threads spends CPU keeping them in step (~4% on idle
+    cores, ~10% beside a video's decoding and encoding); one-thread runs side
+    by side share nothing. A 1024-input model (its activations are large) and
+    a GPU keep one run at a time on every thread.
+    """
+    import onnxruntime as ort
+
+    cores = threads or os.cpu_count() or 1
+    gpu = device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+    if cores <= 1 or gpu or model.big:
+        return cores, 1
+    return 1, cores
+
+
 class Segmenter:
-    """One onnxruntime session, loaded once and reused for every frame."""
+    """One onnxruntime session, loaded once and reused for every frame.
+
+    ``lanes``: how many callers may run it at once (a video's frames, see
+    ``video_lanes``); each run uses ``threads`` threads.
+    """
 
     def __init__(self, model: ResolvedModel, device: str = "auto", threads: int | None = None,
-                 spinning: bool = True):
+                 spinning: bool = True, lanes: int = 1):
         import onnxruntime as ort
 
         ort.set_default_logger_severity(3)
@@ -96,7 +117,7 @@ class Segmenter:
             # Spinning threads steal the cores that decoding and encoding need.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = _session(model, opts, device)
-        self.model, self.threads, self.spinning = model, opts.intra_op_num_threads, spinning
+        self.threads, self.lanes = opts.intra_op_num_threads, lanes
         self.family = model.family
         self.where = f"model {model.path}"
         self.input_name = self._check_shape(model)
@@ -104,18 +125,6 @@ class Segmenter:
         mean, std = model.spec.normalisation()
         self.mean = np.array(mean, dtype=np.float32)
         self.std = np.array(std, dtype=np.float32)
-
-    def lanes(self) -> tuple[Segmenter, int]:
-        """(segmenter, n) for a stream of pictures (a video's frames): n
-        inferences side by side, each on one thread, instead of one at a time on
-        this session's ``threads``. Keeping a run's threads in step costs CPU
-        (~4% on idle cores, ~10% beside a video's decoding and encoding); runs
-        side by side share nothing. A 1024-input model (its activations are
-        large) and a GPU keep one run at a time."""
-        cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
-        if self.threads <= 1 or not cpu or self.model.big:
-            return self, 1
-        return get_segmenter(self.model, "cpu", 1, self.spinning), self.threads
 
     def _check_shape(self, model: ResolvedModel) -> str:
         """The input's name, once the graph is known to fit its family; a graph of
@@ -202,11 +211,11 @@ _CACHE: dict[tuple, Segmenter] = {}
 
 
 def get_segmenter(model: ResolvedModel, device: str = "auto", threads: int | None = None,
-                  spinning: bool = True) -> Segmenter:
+                  spinning: bool = True, lanes: int = 1) -> Segmenter:
     """The process's segmenter for this model: one session per process, reused."""
-    key = (str(model.path), model.spec.family, device, threads, spinning)
+    key = (str(model.path), model.spec.family, device, threads, lanes, spinning)
     if key not in _CACHE:
-        _CACHE[key] = Segmenter(model, device, threads, spinning)
+        _CACHE[key] = Segmenter(model, device, threads, spinning, lanes)
     return _CACHE[key]
 
 

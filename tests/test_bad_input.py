@@ -328,8 +328,7 @@ class _StubVideoSegmenter:
     def predict(self, tensor):
         return np.full((32, 32), 128, np.uint8)
 
-    def lanes(self):
-        return self, 1
+    lanes = 1
 
 
 def test_fuzz_video_entry_point(tmp_path):

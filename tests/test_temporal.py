@@ -8,6 +8,8 @@ is decoded again with ffmpeg; the figures are measured on what a player sees.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from videoclips import flicker, iou, pan_frames, probe, write_frames
@@ -160,6 +162,9 @@ def test_a_video_run_loads_one_session_without_spinning(tmp_path, fixtures, mode
     assert len(segment._CACHE) == 1
     (key,) = segment._CACHE
     assert key[-1] is False  # spinning off
+    cores = os.cpu_count() or 1
+    # One thread a run and a frame a core at once (segment.video_lanes).
+    assert key[-3:-1] == (1, cores)
     assert probe(tmp_path / "out" / "c_processed.mov").count == 2
 
 

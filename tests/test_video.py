@@ -310,8 +310,8 @@ def test_frames_are_inferred_side_by_side_one_thread_each_and_kept_in_order(clip
     import bgrm
     from bgrm.segment import Segmenter
 
-    def frames(threads: int, name: str) -> list[bytes]:
-        bgrm.Session("u2netp", threads=threads).remove_video(
+    def frames(lanes: int, name: str) -> list[bytes]:
+        bgrm.Session("u2netp", threads=1, lanes=lanes).remove_video(
             clips["silent"], tmp_path / name, video_format="png_sequence", frame_limit=6)
         return [p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))]
 

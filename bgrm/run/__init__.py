@@ -48,6 +48,9 @@ class Runtime:
     # onnxruntime's idle threads spin for a while after each run; when other
     # work (matting) follows on the same cores, that spinning only steals them.
     spinning: bool = True
+    # A video's frames in the model at once, each run on ``threads`` threads
+    # (segment.video_lanes).
+    lanes: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ def run_task(task: Task, progress: Callable[[int], None]) -> Result:
 
     try:
         rt = task.runtime
-        session = Session(rt.model, device=rt.device, threads=rt.threads, spinning=rt.spinning)
+        session = Session(rt.model, device=rt.device, threads=rt.threads, spinning=rt.spinning,
+                          lanes=rt.lanes)
         with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
             done = session.write(task.job, task.src, task.dst, task.options, progress)
         return Result(task.name, task.dst, notes=list(done.notes), crop_box=done.crop_box)

@@ -238,10 +238,15 @@ class Service:
         # on a cluster each worker sizes its own (run.cluster).
         threads = settings.threads or (None if settings.scheduler else max(
             1, (os.cpu_count() or 1) // (settings.processes or 1)))
+        lanes = 1
+        if job == "video" and not settings.scheduler:
+            from bgrm.segment import video_lanes
+
+            threads, lanes = video_lanes(model, settings.device, threads)
         runtime = Runtime(model, settings.device, threads,
                           # onnxruntime's threads spin between runs when allowed; here the
                           # event loop shares the cores and must get them at once.
-                          spinning=False)
+                          spinning=False, lanes=lanes)
         return {r.number: Task(job, folder / r.src, folder / r.dst, r.name, opts, runtime)
                 for r in rows}
 

@@ -386,10 +386,9 @@ class _FileRun:
 
     def __init__(self, src: Path, dst: Path, opts: VideoOptions, segmenter,
                  progress: Callable[[int], None] | None, cut):
-        self.src, self.dst, self.opts = src, dst, opts
-        self.segmenter, lanes = segmenter.lanes()
-        self.lanes = ThreadPoolExecutor(lanes, thread_name_prefix="bgrm-infer") \
-            if lanes > 1 else None
+        self.src, self.dst, self.opts, self.segmenter = src, dst, opts, segmenter
+        self.lanes = ThreadPoolExecutor(segmenter.lanes, thread_name_prefix="bgrm-infer") \
+            if segmenter.lanes > 1 else None
         self.progress, self.cut = progress, cut
         self.fmt = FORMATS[opts.video_format]
         self.name = str(src)
