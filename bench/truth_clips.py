@@ -242,6 +242,35 @@ def run_mode(mode: str, clips: list[Clip], out: Path, env=None) -> dict[str, Sco
             for c in clips}
 
 
+def score_in_process(clips: list[Clip], strength: float = 0.8) -> dict[str, dict[str, Score]]:
+    """Per-frame masks and the smoothing (``strength``) scored as ``run_mode`` does, with
+    the model run once per frame for both: the video pipeline's own steps (the frame's
+    model input and thumbnail, u2netp, MaskFilter, rembg's upscale) in this process.
+    The same alphas as the command's PNG sequences; half the inference."""
+    from bgrm.models import resolve
+    from bgrm.segment import get_segmenter, upscale
+    from bgrm.video.pipeline import MaskFilter
+    from bgrm.video.reader import VideoReader
+
+    segmenter = get_segmenter(resolve("u2netp"), "cpu", spinning=False)
+    out: dict[str, dict[str, Score]] = {"per-frame": {}, "new": {}}
+    for clip in clips:
+        smoothing, alphas = MaskFilter(strength), {"per-frame": [], "new": []}
+        reader = VideoReader(clip.path, clip.path.name)
+        try:
+            for frame in reader:
+                picture = Image.fromarray(frame.rgb)
+                small = segmenter.predict(segmenter.prepare(picture))
+                alphas["per-frame"].append(upscale(small, picture.size))
+                smoothed = smoothing(small, frame, smoothing.thumbnail(picture))
+                alphas["new"].append(upscale(smoothed, picture.size))
+        finally:
+            reader.close()
+        for mode, got in alphas.items():
+            out[mode][clip.shot] = score(np.stack(got), clip.truth)
+    return out
+
+
 class OldMaskFilter:
     """The smoothing bgrm had before this benchmark, verbatim, as the reference.
 

@@ -44,6 +44,17 @@ def photo_folder(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def quick_model(tmp_path_factory) -> Path:
+    """A U^2-Net stand-in (``standins.standin_onnx``: an image-dependent map in
+    milliseconds a frame), given as ``--model PATH``, for the tests of splitting,
+    joining and recovery whose subject is not the mask: there u2netp's second
+    a frame would be nearly all of the time. The masks stay u2netp's everywhere else."""
+    from standins import standin_onnx
+
+    return standin_onnx(tmp_path_factory.mktemp("quick-model") / "quick.onnx", "u2net")
+
+
 @pytest.fixture
 def models_home(tmp_path, monkeypatch) -> Path:
     """An empty models directory, so runs use the bundled u2netp, whatever ~/.u2net holds."""

@@ -4,7 +4,10 @@ The first tests need no model and no Dask: the ranges' boundaries, and that
 the frames the segments' readers pick (by timestamp, after a seek) are exactly
 a whole decode's, each once. Then a loopback Dask cluster (a scheduler and two
 worker processes) runs ``bgrm video --scheduler --segment-seconds 1`` on
-clips of a few seconds, compared frame by frame with a local run.
+clips of a few seconds, compared frame by frame with a local run. The parts
+joined here use u2netp; the cluster's runs use a stand-in model (conftest's
+``quick_model``), as their subject is the cutting, the warm-up, the joining
+and the recovery, and each of them is several whole runs of the clip.
 """
 
 from __future__ import annotations
@@ -137,13 +140,13 @@ def _no_leftovers(folder: Path, keep: str) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [keep]
 
 
-def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster):
+def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster, quick_model):
     """3 segments (1 s each, 8 fps, default smoothing: its warm-up reaches back
     over a whole segment): the joined ProRes is the local run's, frame by frame."""
     address, _ = cluster
     clip = make_clip(tmp_path / "clip.mp4", fixtures / "astronaut.png", size=(128, 72),
                      frames=22, fps=8, audio=True)
-    common = ["--model", "u2netp", "--segment-seconds", "1"]
+    common = ["--model", quick_model, "--segment-seconds", "1"]
     local = bgrm("video", clip, "-o", tmp_path / "local", *common)
     remote = bgrm("video", clip, "-o", tmp_path / "remote", *common, "--scheduler", address,
                   "--json")
@@ -160,7 +163,8 @@ def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster):
     assert probe(tmp_path / "gif" / "clip_processed.gif").count == 12
 
 
-def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_path, cluster):
+def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_path, cluster,
+                                                        quick_model):
     """A variable-rate clip (holds of 0.5 s and 0.4 s) whose picture starts 0.3 s
     after its sound, cut by --frame-limit 6 frames before its end; and the same
     with --framerate."""
@@ -171,8 +175,8 @@ def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_pat
                      codec=("-c:v", "libx264", "-pix_fmt", "yuv420p", "-fps_mode", "vfr",
                             "-g", "8"))
     for extra, want in ((["--frame-limit", "24"], 24), (["--framerate", "4"], None)):
-        args = ["--model", "u2netp", "--segment-seconds", "1", "--temporal-smoothing", "0.5",
-                *extra]
+        args = ["--model", quick_model, "--segment-seconds", "1", "--temporal-smoothing",
+                "0.5", *extra]
         local = bgrm("video", clip, "-o", tmp_path / "local", *args)
         remote = bgrm("video", clip, "-o", tmp_path / "remote", *args, "--scheduler", address)
         assert local.returncode == 0, local.stderr.decode()
@@ -206,14 +210,14 @@ def _run_killing(address: str, client, cmd: list, folder: Path, sig_client: bool
     return proc, hit
 
 
-def test_worker_killed_mid_segment(bgrm, fixtures, tmp_path, cluster):
+def test_worker_killed_mid_segment(bgrm, fixtures, tmp_path, cluster, quick_model):
     """SIGKILL a worker while it encodes a part: the segment is run again on the
     other worker, the output is whole and the same, no part is left behind.
     The nanny restarts the killed worker."""
     address, client = cluster
     clip = make_clip(tmp_path / "clip.mp4", fixtures / "astronaut.png", size=(128, 72),
                      frames=24, fps=8, audio=True)
-    args = ["--model", "u2netp", "--segment-seconds", "1", "--temporal-smoothing", "0.5"]
+    args = ["--model", quick_model, "--segment-seconds", "1", "--temporal-smoothing", "0.5"]
     out = tmp_path / "remote"
     out.mkdir()
     proc, hit = _run_killing(address, client, [sys.executable, "-m", "bgrm", "video", clip,
