@@ -52,7 +52,8 @@ def quick_model(tmp_path_factory) -> Path:
     a frame would be nearly all of the time. The masks stay u2netp's everywhere else."""
     from standins import standin_onnx
 
-    return standin_onnx(tmp_path_factory.mktemp("quick-model") / "quick.onnx", "u2net")
+    return standin_onnx(tmp_path_factory.mktemp("quick-model") / "quick.onnx", "u2net",
+                        gain=8.0)
 
 
 @pytest.fixture

@@ -28,9 +28,10 @@ SIGNATURES = {
 
 def standin_onnx(path: Path, family: str, seed: int = 0, size: int | None = None,
                  in_channels: int = 3, out_channels: int = 1,
-                 batch: int | str | None = None) -> Path:
+                 batch: int | str | None = None, gain: float = 1.0) -> Path:
     """Write a stand-in of ``family`` to ``path``; ``size``/channels/batch override
-    the family's signature (for wrong-shape tests)."""
+    the family's signature (for wrong-shape tests). ``gain`` scales the last
+    convolution: above 1 the map is nearer 0 or 1, as a real model's mostly is."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -43,7 +44,7 @@ def standin_onnx(path: Path, family: str, seed: int = 0, size: int | None = None
     blur = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 16
     colours = rng.normal(0.0, 1.0, (4, in_channels)).astype(np.float32)
     w1 = colours[:, :, None, None] * blur
-    w2 = rng.normal(0.0, 0.6, (out_channels, 4, 3, 3)).astype(np.float32)
+    w2 = (gain * rng.normal(0.0, 0.6, (out_channels, 4, 3, 3))).astype(np.float32)
     factor = side // 64  # pooled to 64 x 64 (320 -> 5, 1024 -> 16)
     inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
              numpy_helper.from_array(np.array([1, 1, factor, factor], dtype=np.float32),

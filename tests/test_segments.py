@@ -4,10 +4,10 @@ The first tests need no model and no Dask: the ranges' boundaries, and that
 the frames the segments' readers pick (by timestamp, after a seek) are exactly
 a whole decode's, each once. Then a loopback Dask cluster (a scheduler and two
 worker processes) runs ``bgrm video --scheduler --segment-seconds 1`` on
-clips of a few seconds, compared frame by frame with a local run. The parts
-joined here use u2netp; the cluster's runs use a stand-in model (conftest's
-``quick_model``), as their subject is the cutting, the warm-up, the joining
-and the recovery, and each of them is several whole runs of the clip.
+clips of a few seconds, compared frame by frame with a local run. The runs
+here use a stand-in model (conftest's ``quick_model``): their subject is the
+cutting, the warm-up, the joining and the recovery, each is several whole
+runs of the clip, and u2netp on a cluster is tested in test_distributed.py.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_segment_readers_pick_each_frame_once(fixtures, tmp_path, container):
 
 
 @pytest.mark.parametrize("fmt", ["webm", "mattekey", "png_sequence"])
-def test_parts_join_in_other_formats(fixtures, tmp_path, fmt):
+def test_parts_join_in_other_formats(fixtures, tmp_path, fmt, quick_model):
     """Parts made here one after the other (no Dask) and joined: VP9 and H.264 by
     stream copy, a PNG sequence renamed and numbered on; the frames, times and
     audio of a whole run."""
@@ -93,7 +93,7 @@ def test_parts_join_in_other_formats(fixtures, tmp_path, fmt):
     clip = make_clip(tmp_path / "c.mp4", fixtures / "astronaut.png", size=(64, 48),
                      frames=10, fps=5, audio=True)
     opts = from_params("video", {"video_format": fmt, "temporal_smoothing": 0.5})
-    segmenter = get_segmenter(resolve("u2netp"), "auto", 2, False)
+    segmenter = get_segmenter(resolve(str(quick_model)), "auto", 2, False)
     ext = segments.FORMATS[fmt].ext
     local, joined = (tmp_path / f"{n}{'.' + ext if ext else ''}" for n in ("local", "joined"))
     process_file(clip, local, opts, segmenter)
