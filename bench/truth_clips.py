@@ -246,7 +246,8 @@ def score_in_process(clips: list[Clip], strength: float = 0.8) -> dict[str, dict
     """Per-frame masks and the smoothing (``strength``) scored as ``run_mode`` does, with
     the model run once per frame for both: the video pipeline's own steps (the frame's
     model input and thumbnail, u2netp, MaskFilter, rembg's upscale) in this process.
-    The same alphas as the command's PNG sequences; half the inference."""
+    The command's alphas (up to onnxruntime's rounding on another thread count: the
+    command infers a video's frames on one thread each); half the inference."""
     from bgrm.models import resolve
     from bgrm.segment import get_segmenter, upscale
     from bgrm.video.pipeline import MaskFilter
