@@ -47,9 +47,9 @@ def photo_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def quick_model(tmp_path_factory) -> Path:
     """A U^2-Net stand-in (``standins.standin_onnx``: an image-dependent map in
-    milliseconds a frame), given as ``--model PATH``, for the tests of splitting,
-    joining and recovery whose subject is not the mask: there u2netp's second
-    a frame would be nearly all of the time. The masks stay u2netp's everywhere else."""
+    milliseconds a frame), given as ``--model PATH``, for tests whose subject is not
+    the mask (a video's segments and their recovery, containers): there u2netp's
+    second a frame would be nearly all of the time. Everywhere else the masks are u2netp's."""
     from standins import standin_onnx
 
     return standin_onnx(tmp_path_factory.mktemp("quick-model") / "quick.onnx", "u2net",

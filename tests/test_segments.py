@@ -4,9 +4,9 @@ The first tests need no model and no Dask: the ranges' boundaries, and that
 the frames the segments' readers pick (by timestamp, after a seek) are exactly
 a whole decode's, each once. Then a loopback Dask cluster (a scheduler and two
 worker processes) runs ``bgrm video --scheduler --segment-seconds 1`` on
-clips of a few seconds, compared frame by frame with a local run. The runs
-here use a stand-in model (conftest's ``quick_model``): their subject is the
-cutting, the warm-up, the joining and the recovery, each is several whole
+clips of a few seconds, compared frame by frame with a local run. All but the
+Ctrl-C run use a stand-in model (conftest's ``quick_model``): their subject is
+the cutting, the warm-up, the joining and the recovery, each is several whole
 runs of the clip, and u2netp on a cluster is tested in test_distributed.py.
 """
 
