@@ -48,8 +48,11 @@ def photo_folder(tmp_path_factory):
 def quick_model(tmp_path_factory) -> Path:
     """A U^2-Net stand-in (``standins.standin_onnx``: an image-dependent map in
     milliseconds a frame), given as ``--model PATH``, for tests whose subject is not
-    the mask (a video's segments and their recovery, containers): there u2netp's
-    second a frame would be nearly all of the time. Everywhere else the masks are u2netp's."""
+    the mask (a video's segments and their recovery, containers, executors and
+    --timeout, progress, a scene cut, the matte's determinism and frame order):
+    there u2netp's second a frame would be nearly all of the time, and a short
+    --timeout still leaves a file far more than it needs. Everywhere else the masks
+    are u2netp's."""
     from standins import standin_onnx
 
     return standin_onnx(tmp_path_factory.mktemp("quick-model") / "quick.onnx", "u2net",

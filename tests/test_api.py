@@ -145,10 +145,11 @@ def test_remove_video_refuses_a_destination_that_does_not_fit(dst, params, says,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models-home", "x.mp4"]
 
 
-def test_arrays_with_a_plain_meaning_are_taken_and_others_named(fixtures, models_home):
+def test_arrays_with_a_plain_meaning_are_taken_and_others_named(fixtures, quick_model):
     """float 0..1, uint16, small integers, bool and H x W x 1 arrays are the picture
-    they plainly are; anything else is a ParameterError saying what it got."""
-    session = bgrm.Session("u2netp")
+    they plainly are; anything else is a ParameterError saying what it got. (The
+    subject is the picture each array gives, so the stand-in model serves.)"""
+    session = bgrm.Session(str(quick_model))
     rgb = np.asarray(Image.open(fixtures / "chelsea.png").convert("RGB"))
     cut = session.remove(rgb)
     for same in (rgb / 255.0, rgb.astype(np.float32) / 255, rgb.astype(np.uint16) * 257,

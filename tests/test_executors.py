@@ -102,10 +102,12 @@ class _Heard(Listener):
         self.order.append(index)
 
 
-def _tasks(tmp_path, fixtures, names, **runtime) -> list[Task]:
+def _tasks(tmp_path, fixtures, names, model, **runtime) -> list[Task]:
+    """Masks of chelsea by ``model`` (the stand-in: these tests are about the
+    executors, so a file takes milliseconds)."""
     from bgrm.models import resolve
 
-    rt = Runtime(resolve("u2netp"), "cpu", 1, **runtime)
+    rt = Runtime(resolve(str(model)), "cpu", 1, **runtime)
     Session(rt.model, device=rt.device, threads=rt.threads)  # loaded before any clock runs
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
@@ -119,17 +121,17 @@ def _tasks(tmp_path, fixtures, names, **runtime) -> list[Task]:
 
 
 @pytest.mark.parametrize("kind", ["inline", "threads"])
-def test_hung_file_times_out_alone_and_is_never_written(tmp_path, fixtures, models_home,
+def test_hung_file_times_out_alone_and_is_never_written(tmp_path, fixtures, quick_model,
                                                         hanging_decode, kind):
     from bgrm.run.local import Inline, Threads
 
-    tasks = _tasks(tmp_path, fixtures, ["a.png", "hang.png", "c.png", "d.png"])
-    # A file takes well under a second here; 5 s leaves room for a loaded machine.
-    executor = Inline(timeout=5) if kind == "inline" else Threads(2, timeout=5)
+    tasks = _tasks(tmp_path, fixtures, ["a.png", "hang.png", "c.png", "d.png"], quick_model)
+    # A file takes milliseconds here; 3 s leaves room for a loaded machine.
+    executor = Inline(timeout=3) if kind == "inline" else Threads(2, timeout=3)
     heard = _Heard()
     results = executor.run(tasks, heard)
     assert [r.ok for r in results] == [True, False, True, True]
-    assert results[1].error == (f"{tasks[1].src}: stopped after --timeout 5 s "
+    assert results[1].error == (f"{tasks[1].src}: stopped after --timeout 3 s "
                                 "(hung or too slow)")
     assert heard.order == [0, 1, 2, 3]  # told in input order, whatever finished first
     assert heard.units == 3  # one per image written
@@ -140,10 +142,11 @@ def test_hung_file_times_out_alone_and_is_never_written(tmp_path, fixtures, mode
                                                    "d_processed.png"]
 
 
-def test_results_in_input_order_and_skip_existing(tmp_path, fixtures, models_home):
+def test_results_in_input_order_and_skip_existing(tmp_path, fixtures, quick_model):
     from bgrm.run.local import Threads
 
-    tasks = _tasks(tmp_path, fixtures, ["a.png", "b.png", "c.png"], skip_existing=True)
+    tasks = _tasks(tmp_path, fixtures, ["a.png", "b.png", "c.png"], quick_model,
+                   skip_existing=True)
     tasks[1].dst.write_bytes(b"already there")
     heard = _Heard()
     results = Threads(2).run(tasks, heard)
@@ -160,7 +163,9 @@ def test_results_in_input_order_and_skip_existing(tmp_path, fixtures, models_hom
 
 
 @pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]], ids=["inline", "processes"])
-def test_cli_timeout_fails_the_hung_file_alone(tmp_path, env, fixtures, jobs):
+def test_cli_timeout_fails_the_hung_file_alone(tmp_path, env, fixtures, jobs, quick_model):
+    """With the stand-in model a file takes milliseconds, so a short --timeout is
+    still far above the time of the files that do not hang."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(HANG_HOOK)
@@ -171,14 +176,14 @@ def test_cli_timeout_fails_the_hung_file_alone(tmp_path, env, fixtures, jobs):
         shutil.copy(fixtures / "chelsea.png", folder / name)
     out = tmp_path / "out"
     proc = start(hook_env, "image", folder / "a.png", folder / "hang.png", folder / "c.png",
-                 "-o", out, "--timeout", "10", "--json", *jobs)
+                 "-o", out, "--timeout", "5", "--json", "--model", quick_model, *jobs)
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err.decode()
     assert b"Traceback" not in err
     report = json.loads(stdout)
     assert [f["filename"] for f in report["failed"]] == ["hang.png"]
     assert report["failed"][0]["error"].startswith(
-        f"{folder / 'hang.png'}: stopped after --timeout 10 s (hung or too slow)")
+        f"{folder / 'hang.png'}: stopped after --timeout 5 s (hung or too slow)")
     assert sorted(finished_outputs(out)) == ["a_processed.png", "c_processed.png"]
     assert_no_orphans(proc.pid)  # the hung worker was stopped, not left behind
     assert (out / "a_processed.png").read_bytes() == (out / "c_processed.png").read_bytes()
@@ -252,11 +257,11 @@ def test_held_outputs_are_moved_into_place_files_and_folders(tmp_path):
 
 
 def test_runner_takes_jobs_as_they_come_and_ties_results_to_them(tmp_path, fixtures,
-                                                                  models_home):
+                                                                  quick_model):
     from bgrm.run import Runner
     from bgrm.run.local import Threads
 
-    a, b, c = (_tasks(tmp_path, fixtures, names) for names in
+    a, b, c = (_tasks(tmp_path, fixtures, names, quick_model) for names in
                (["a0.png", "a1.png"], ["b0.png"], ["c0.png"]))
     runner = Runner(Threads(1))
     heard = {key: _Heard() for key in "abc"}
@@ -275,7 +280,7 @@ def test_runner_takes_jobs_as_they_come_and_ties_results_to_them(tmp_path, fixtu
     assert all(t.dst.is_file() for t in a + b) and not c[0].dst.exists()
     assert not [p for p in (tmp_path / "out").iterdir() if TMP_MARK in p.name]
     # A later job on the same runner: the executor is reused.
-    late = _tasks(tmp_path, fixtures, ["late.png"])
+    late = _tasks(tmp_path, fixtures, ["late.png"], quick_model)
     runner.submit(late, key="job-late")
     assert runner.step(block=False) and late[0].dst.is_file()
     runner.close()

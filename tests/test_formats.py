@@ -169,10 +169,11 @@ def _alpha(frames: np.ndarray) -> np.ndarray:
     return frames[..., 3]
 
 
-def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(bgrm, talk, tmp_path):
+def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(bgrm, talk, tmp_path,
+                                                                 quick_model):
     out = tmp_path / "out"
     proc = bgrm("video", talk, "--video-format", "webm", "--frame-limit", 8, "-o", out,
-                "--json")
+                "--json", "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     webm = out / "talk_processed.webm"
     assert json.loads(proc.stdout)["files"][0]["filename"] == webm.name
@@ -187,16 +188,19 @@ def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(bgrm, talk, tm
     # The same frames as a PNG sequence: the WebM's alpha is that cut-out, within
     # what VP9's lossy alpha plane moves.
     seq = tmp_path / "seq"
-    proc = bgrm("video", talk, "--video-format", "png_sequence", "--frame-limit", 8, "-o", seq)
+    proc = bgrm("video", talk, "--video-format", "png_sequence", "--frame-limit", 8, "-o", seq,
+                "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     pngs = np.stack([np.asarray(Image.open(p)) for p in
                      sorted((seq / "talk_processed").glob("*.png"))])
     assert np.abs(alpha.astype(int) - _alpha(pngs)).mean() < 4
 
 
-def test_png_sequence_is_one_rgba_png_per_frame_with_the_audio_as_wav(bgrm, talk, tmp_path):
+def test_png_sequence_is_one_rgba_png_per_frame_with_the_audio_as_wav(bgrm, talk, tmp_path,
+                                                                      quick_model):
     out = tmp_path / "out"
-    proc = bgrm("video", talk, "--video-format", "png_sequence", "-o", out, "--json")
+    proc = bgrm("video", talk, "--video-format", "png_sequence", "-o", out, "--json",
+                "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     folder = out / "talk_processed"
     assert json.loads(proc.stdout)["files"][0]["url"] == str(folder)
@@ -215,7 +219,8 @@ def test_png_sequence_is_one_rgba_png_per_frame_with_the_audio_as_wav(bgrm, talk
     assert sorted(p.name for p in out.iterdir()) == ["talk_processed"]  # nothing else
     # A rerun replaces the folder whole; a silent input has no WAV.
     silent = make_clip(tmp_path / "talk.mp4", FIXTURES / "astronaut.png", frames=5)
-    proc = bgrm("video", silent, "--video-format", "png_sequence", "-o", out)
+    proc = bgrm("video", silent, "--video-format", "png_sequence", "-o", out,
+                "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     assert sorted(p.name for p in folder.iterdir()) == [
         f"talk_processed_{i:06d}.png" for i in range(1, 6)]
@@ -251,7 +256,7 @@ def test_png_sequence_is_whole_or_absent_after_ctrl_c(tmp_path, models_home):
 
 
 def test_a_video_batch_on_a_terminal_shows_its_frame_total_and_time_left(talk, tmp_path,
-                                                                          models_home):
+                                                                          quick_model):
     import fcntl
     import pty
     import struct
@@ -261,7 +266,8 @@ def test_a_video_batch_on_a_terminal_shows_its_frame_total_and_time_left(talk, t
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "bgrm", "video", talk, short,
-                             "--video-format", "mattekey", "-o", tmp_path / "out"],
+                             "--video-format", "mattekey", "-o", tmp_path / "out",
+                             "--model", quick_model],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     screen = b""

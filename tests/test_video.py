@@ -170,15 +170,18 @@ def test_alpha_matting_applies_to_every_frame(bgrm, clips, out, tmp_path):
         assert (matted.frames[i, ..., 3] != unmatted.frames[i, ..., 3]).any()
 
 
-def test_video_alpha_matting_gives_the_same_bytes_on_every_run(bgrm, clips, tmp_path):
+def test_video_alpha_matting_gives_the_same_bytes_on_every_run(bgrm, clips, tmp_path,
+                                                                quick_model):
     # Frames are matted on several threads at once: no frame's matte may
     # depend on which of the others finished first (when each frame's solve
     # started from whichever had, two runs differed by up to 199 levels).
+    # The stand-in's masks leave a wide unsure band: the matte changes half of
+    # each frame's pixels (u2netp's a third), at a third of the time.
     runs = []
     for i in range(2):
         out = tmp_path / f"run{i}"
         _ok(bgrm("video", clips["talk"], "--alpha-matting", "--frame-limit", "10",
-                 "--video-format", "png_sequence", "-o", out))
+                 "--video-format", "png_sequence", "-o", out, "--model", quick_model))
         runs.append(sorted((out / "talk_processed").glob("*.png")))
     assert len(runs[0]) == 10
     assert [p.read_bytes() for p in runs[0]] == [p.read_bytes() for p in runs[1]]
