@@ -42,10 +42,12 @@ def _outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_batch_matches_local_run(bgrm, fixtures, tmp_path, cluster):
+def test_batch_matches_local_run(bgrm, fixtures, tmp_path, cluster, quick_model):
+    """On the stand-in model: the subject is the same files and report either way
+    (the workers' own u2netp is tested below)."""
     address, _ = cluster
     inputs = _inputs(fixtures, tmp_path)
-    common = ["--model", "u2netp", "--json", "--progress"]
+    common = ["--model", quick_model, "--json", "--progress"]
     local = bgrm("image", *inputs, "-o", tmp_path / "local", *common)
     remote = bgrm("image", *inputs, "-o", tmp_path / "remote", *common, "--scheduler", address)
 
@@ -161,10 +163,10 @@ def test_custom_model_path_is_used_as_given(bgrm, fixtures, tmp_path, cluster):
 
 @pytest.mark.skipif(importlib.util.find_spec("bgrm.video.pipeline") is None,
                     reason="bgrm video is not built yet (no bgrm.video.pipeline)")
-def test_video_matches_local_run(bgrm, fixtures, tmp_path, cluster):
+def test_video_matches_local_run(bgrm, fixtures, tmp_path, cluster, quick_model):
     address, _ = cluster
     clip = fixtures / "no_time_for_that_tiny.gif"
-    args = ["--model", "u2netp", "--video-format", "gif", "--frame-limit", "4"]
+    args = ["--model", quick_model, "--video-format", "gif", "--frame-limit", "4"]
     local = bgrm("video", clip, "-o", tmp_path / "local", *args)
     remote = bgrm("video", clip, "-o", tmp_path / "remote", *args, "--scheduler", address)
     assert local.returncode == 0, local.stderr.decode()
