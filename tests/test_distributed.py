@@ -121,7 +121,10 @@ def test_workers_resolve_and_keep_their_model(bgrm, fixtures, tmp_path, cluster,
     assert loaded, "no worker loaded a model"
     for plugged, cached in after_first.values():
         assert plugged
-        assert set(cached) <= {bundled}
+        # u2netp from the worker's own package (earlier tests may have left
+        # other models' sessions in the cache).
+        assert [k for k in cached if k.endswith("u2netp.onnx")] in ([], [bundled]), cached
+    assert any(bundled in cached for _, cached in after_first.values())
     for addr, (_, cached) in after_first.items():
         # Loaded once per worker: the second run reused every session.
         assert all(after_second[addr][1].get(k) == v for k, v in cached.items())
