@@ -234,7 +234,8 @@ def test_broken_stdin_is_one_line_and_exit_1(bgrm):
     assert proc.stdout == b""
 
 
-def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures):
+def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures, quick_model):
+    """Which files a folder gives (the stand-in model: the masks are not the subject)."""
     (shots / "raw").mkdir()
     shutil.copy(fixtures / "chelsea.png", shots / "raw" / "cat.png")
     (shots / "readme.txt").write_text("not a picture, not an image extension")
@@ -243,7 +244,7 @@ def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures):
     shutil.copy(fixtures / "coffee.png", shots / ".thumbs" / "c.png")
     # Two inputs that would share an output name, and an earlier collision output.
     shutil.copy(fixtures / "rocket.jpg", shots / "rocket.png")
-    proc = bgrm("image", shots, "--only-mask", "--json")
+    proc = bgrm("image", shots, "--only-mask", "--json", "--model", quick_model)
     assert proc.returncode == 0, err(proc)
     written = sorted(p.name for p in shots.iterdir() if "_processed" in p.name)
     assert written == ["astronaut_processed.png", "chelsea_processed.png",
@@ -251,7 +252,7 @@ def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures):
                        "rocket_processed_2.png"]
     assert not (shots / "raw" / "cat_processed.png").exists()
     # Again, recursively: bgrm's own outputs (also the _2 one) are not inputs.
-    proc = bgrm("image", shots, "--recursive", "--only-mask", "--json")
+    proc = bgrm("image", shots, "--recursive", "--only-mask", "--json", "--model", quick_model)
     assert proc.returncode == 0, err(proc)
     report = json.loads(proc.stdout)
     assert [f["filename"] for f in report["files"]] == [
