@@ -103,9 +103,9 @@ def test_each_format_is_frame_exact_with_the_right_alpha_and_audio(bgrm, clips, 
         assert "prores (4444)" in p.header and "yuva444p" in p.header
 
 
-def test_frame_limit_cuts_picture_and_audio(bgrm, clips, out):
+def test_frame_limit_cuts_picture_and_audio(bgrm, clips, out, quick_model):
     _ok(bgrm("video", clips["talk"], "--video-format", "mp4_with_color", "--frame-limit", "5",
-             "-o", out))
+             "-o", out, "--model", quick_model))
     p = probe(out / "talk_processed.mp4")
     assert p.count == 5
     assert p.audio_seconds == pytest.approx(5 / 12, abs=0.03)
@@ -113,7 +113,7 @@ def test_frame_limit_cuts_picture_and_audio(bgrm, clips, out):
     params = out.parent / "params.json"
     params.write_text(json.dumps({"convert_to": "video-backgroundremover",
                                   "video_format": "mattekey", "frame_limit": "500"}))
-    _ok(bgrm("video", clips["bg"], "--params", params, "-o", out))
+    _ok(bgrm("video", clips["bg"], "--params", params, "-o", out, "--model", quick_model))
     assert probe(out / "waves_processed.mp4").count == 5
 
 
