@@ -258,14 +258,9 @@ def _array_picture(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint8))
 
 
-_SESSIONS: dict[tuple, Session] = {}
-
-
 def _session(opts: ImageOptions | VideoOptions) -> Session:
-    key = (opts.model, opts.model_family)
-    if key not in _SESSIONS:
-        _SESSIONS[key] = Session(opts.model, model_family=opts.model_family)
-    return _SESSIONS[key]
+    # The model itself stays loaded in segment's one cache of models, bounded.
+    return Session(opts.model, model_family=opts.model_family)
 
 
 def remove(image: Image.Image | bytes | np.ndarray, **params: Any):

@@ -230,25 +230,42 @@ cli.add_command(models)  # light: click and hashlib only; tqdm/urllib load on in
               help="Uploads, results and the job database [default: "
                    "~/.local/share/bgrm/serve].")
 @click.option("--keep", default="24h", show_default=True, metavar="DURATION",
-              help="How long finished results stay (24h, 30m, 90s, 2d).")
+              help="How long finished results stay (24h, 30m, 90s, 2d; at least 1m).")
+@click.option("--max-upload", default="2GB", show_default=True, metavar="SIZE",
+              help="Most bytes of files in one request (5MB, 2GB, 1GiB); over it: 413.")
+@click.option("--max-files", type=click.IntRange(1, 100000), default=100, show_default=True,
+              help="Most input files in one request; over it: 413.")
+@click.option("--min-free", default="1GB", show_default=True, metavar="SIZE",
+              help="Free space kept on the data dir's disk for the jobs under way; "
+                   "below it new requests get 507.")
+@click.option("--max-models", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Models kept loaded at once; the least recently used is let go.")
+@click.option("--custom-model", "custom_models", multiple=True, metavar="NAME=FAMILY:PATH",
+              help="Serve your own .onnx export as model=NAME (family: u2net, isnet, "
+                   "birefnet or bria); repeatable.")
 @_decorated(run_options("10 min per photo; for a video 10 min + 10 s per frame"))
-def serve(host, port, api_key, data_dir, keep, processes, timeout, device, threads,
-          scheduler):
+def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, max_models,
+          custom_models, processes, timeout, device, threads, scheduler):
     """Serve the hosted API (/v1/convert/, /v1/results/) and a page at /.
 
     The hosted API's client examples work with only the domain (and key) changed.
-    Every request's files run with the run options given here.
+    Every request's files run with the run options given here. One server per
+    --data-dir: a second one there exits at once.
     """
     from bgrm import serve as service
 
     service.require()  # before anything of the extra is imported
-    from bgrm.serve.jobs import Settings
+    from bgrm.serve.jobs import Limits, Settings
 
     settings = Settings(device=device, threads=threads, processes=processes,
                         scheduler=scheduler, timeout=timeout)
+    limits = Limits(max_upload=service.parse_size(max_upload, "--max-upload"),
+                    max_files=max_files, min_free=service.parse_size(min_free, "--min-free"))
     service.run(host=host, port=port, api_key=api_key, data_dir=data_dir,
                 keep=service.parse_duration(keep), settings=settings,
-                say=lambda message: click.echo(f"bgrm serve: {message}", err=True))
+                say=lambda message: click.echo(f"bgrm serve: {message}", err=True),
+                limits=limits, max_models=max_models,
+                custom_models=[service.parse_custom_model(c) for c in custom_models])
 
 
 def _run(ctx, job: str, kwargs: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -229,11 +230,26 @@ def _to_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(im.convert("RGB")), alpha
 
 
-@lru_cache(maxsize=4)
 def load_background(path: Path) -> Image.Image:
-    """The --bg-image picture, read once per process."""
+    """The --bg-image picture, read once for the files of a run that share it (the
+    last one is kept, until its file changes or ``release_backgrounds``)."""
+    try:
+        st = os.stat(path)
+    except OSError:  # decode says what is wrong with it, naming the file
+        return _background(Path(path))
+    return _background(Path(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def _background(path: Path, *stamp) -> Image.Image:
     decoded = decode(path, str(path))
     return Image.fromarray(decoded.rgb)
+
+
+def release_backgrounds() -> None:
+    """Let go of the background kept by ``load_background`` (a long-lived process,
+    once the files that used it are done)."""
+    _background.cache_clear()
 
 
 def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:

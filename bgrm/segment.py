@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections import OrderedDict
 
 import numpy as np
 from PIL import Image
@@ -207,16 +209,75 @@ def upscale(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(small).resize(size, Image.Resampling.LANCZOS))
 
 
-_CACHE: dict[tuple, Segmenter] = {}
+class SegmenterCache:
+    """The process's loaded models: one ``Segmenter`` per model file and settings,
+    reused, the least recently used let go beyond ``limit``.
+
+    Keyed by the file's identity (device, inode, size, modification time), so a
+    file replaced on disk is loaded afresh, never run from its old copy. A model
+    evicted while a file still runs on it is freed when that file is done.
+    """
+
+    def __init__(self, limit: int = 4):
+        self.limit = limit
+        self._items: OrderedDict[tuple, Segmenter] = OrderedDict()
+        # Held while a model loads: two threads asking for one model load it once.
+        self._lock = threading.Lock()
+
+    def get(self, model: ResolvedModel, device: str = "auto", threads: int | None = None,
+            spinning: bool = True, lanes: int = 1) -> Segmenter:
+        key = (_identity(model.path), model.spec.family, device, threads, lanes, spinning)
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                found = Segmenter(model, device, threads, spinning, lanes)
+                self._items[key] = found
+            self._items.move_to_end(key)
+            self._trim()
+            return found
+
+    def resize(self, limit: int) -> None:
+        """Keep at most ``limit`` models loaded from now on."""
+        with self._lock:
+            self.limit = max(1, limit)
+            self._trim()
+
+    def forget(self, path) -> None:
+        """Let every model loaded from ``path`` go."""
+        with self._lock:
+            for key in [k for k in self._items if k[0][0] == str(path)]:
+                del self._items[key]
+
+    def items(self) -> list[tuple[tuple, Segmenter]]:
+        """What is loaded, least recently used first, by key: ``((path, device,
+        inode, size, mtime), family, device, threads, lanes, spinning)``."""
+        with self._lock:
+            return list(self._items.items())
+
+    def keys(self) -> list[tuple]:
+        return [key for key, _ in self.items()]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def _trim(self) -> None:
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+
+def _identity(path) -> tuple:
+    st = os.stat(path)
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+SEGMENTERS = SegmenterCache()
 
 
 def get_segmenter(model: ResolvedModel, device: str = "auto", threads: int | None = None,
                   spinning: bool = True, lanes: int = 1) -> Segmenter:
-    """The process's segmenter for this model: one session per process, reused."""
-    key = (str(model.path), model.spec.family, device, threads, lanes, spinning)
-    if key not in _CACHE:
-        _CACHE[key] = Segmenter(model, device, threads, spinning, lanes)
-    return _CACHE[key]
+    """The process's segmenter for this model and settings (``SEGMENTERS``), reused."""
+    return SEGMENTERS.get(model, device, threads, spinning, lanes)
 
 
 def check_model(model: ResolvedModel) -> None:

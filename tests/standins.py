@@ -28,10 +28,14 @@ SIGNATURES = {
 
 def standin_onnx(path: Path, family: str, seed: int = 0, size: int | None = None,
                  in_channels: int = 3, out_channels: int = 1,
-                 batch: int | str | None = None, gain: float = 1.0) -> Path:
+                 batch: int | str | None = None, gain: float = 1.0,
+                 weight_mb: float = 0) -> Path:
     """Write a stand-in of ``family`` to ``path``; ``size``/channels/batch override
     the family's signature (for wrong-shape tests). ``gain`` scales the last
-    convolution: above 1 the map is nearer 0 or 1, as a real model's mostly is."""
+    convolution: above 1 the map is nearer 0 or 1, as a real model's mostly is.
+    ``weight_mb``: that many MB of weights more, which a session must hold in
+    memory (read at run time at an index the picture gives, so never folded
+    away), for a model as heavy as a real one."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -59,6 +63,19 @@ def standin_onnx(path: Path, family: str, seed: int = 0, size: int | None = None
         helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
         helper.make_node("Resize", ["c2", "roi", "scales"], [last], mode="linear"),
     ]
+    if weight_mb:
+        count = int(weight_mb * 1e6 / 4)
+        inits += [numpy_helper.from_array(np.full(count, 0.5, dtype=np.float32), "ballast"),
+                  numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")]
+        nodes[-2].output[0] = "c2raw"
+        nodes[-1:-1] = [
+            helper.make_node("ReduceMin", [input_name], ["least"], keepdims=0),
+            helper.make_node("Mul", ["least", "zero"], ["nought"]),
+            helper.make_node("Cast", ["nought"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["ballast", "index"], ["picked"]),
+            helper.make_node("Mul", ["picked", "zero"], ["none"]),
+            helper.make_node("Add", ["c2raw", "none"], ["c2"]),
+        ]
     if sigmoid:
         nodes.append(helper.make_node("Sigmoid", ["logits"], ["map"]))
     nodes.append(helper.make_node("Identity", ["map"], ["side1"]))

@@ -102,8 +102,8 @@ def test_workers_resolve_and_keep_their_model(bgrm, fixtures, tmp_path, cluster,
         def probe(dask_worker):
             from bgrm import segment
 
-            return PLUGIN_NAME in dask_worker.plugins, {k[0]: id(v) for k, v in
-                                                        segment._CACHE.items()}
+            return PLUGIN_NAME in dask_worker.plugins, {k[0][0]: id(v) for k, v in
+                                                        segment.SEGMENTERS.items()}
         return client.run(probe)
 
     photos = [fixtures / "astronaut.png", fixtures / "rocket.jpg"]

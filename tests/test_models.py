@@ -728,7 +728,7 @@ def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtu
         return FakeExecutor()
 
     monkeypatch.setattr(command, "executor_for", fake_executor_for)
-    monkeypatch.setattr(segment, "_CACHE", {})
+    monkeypatch.setattr(segment, "SEGMENTERS", segment.SegmenterCache())
     photos = [str(fixtures / "chelsea.png"), str(fixtures / "coffee.png")]
     big = standin_onnx(tmp_path / "big.onnx", "birefnet")
     small = standin_onnx(tmp_path / "small.onnx", "u2net")
@@ -742,11 +742,11 @@ def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtu
                            as_json=False, progress=False, show_traceback=True, scheduler=None)
 
     assert go(big, "birefnet") == 0 and seen[-1] == (1, 1)
-    assert [k[0] for k in segment._CACHE] == [str(big)]  # loaded once, before any file
+    assert [k[0][0] for k in segment.SEGMENTERS.keys()] == [str(big)]  # loaded once, before any file
     if (os.cpu_count() or 1) >= 2:  # the control: a u2net model does take two at once
         assert go(small, "u2net") == 0 and seen[-1] == (1, 2)
     capfd.readouterr()
-    segment._CACHE.clear()
+    monkeypatch.setattr(segment, "SEGMENTERS", segment.SegmenterCache())
     assert go(big, "birefnet", jobs=2) == 0 and seen[-1] == (2, 1)
-    assert segment._CACHE == {}  # checked, then let go: the workers load their own
+    assert segment.SEGMENTERS.keys() == []  # checked, then let go: the workers load their own
     assert "2 worker processes each load their own copy" in capfd.readouterr().err

@@ -8,6 +8,7 @@ import io
 import os
 import resource
 import signal
+import sqlite3
 import sys
 import time
 
@@ -132,7 +133,7 @@ def test_a_full_disk_fails_the_request_and_keeps_nothing(env, fixtures, tmp_path
     try:
         big = ("files", ("big.jpg", os.urandom(5 << 20)))
         r = server.convert([("files", fixtures / "chelsea.png"), big], {"convert_to": IMAGE})
-        assert r.status_code == 413 and "no room" in r.json()["error"], r.text
+        assert r.status_code == 507 and "no room" in r.json()["error"], r.text
         assert list((data / "jobs").iterdir()) == []  # the partial upload is gone
         ok = server.convert([("files", fixtures / "chelsea.png")], {"convert_to": IMAGE})
         assert server.wait(ok.json()["uuid"])["failed"] == []
@@ -169,10 +170,13 @@ def test_a_hung_file_times_out_alone(env, fixtures, tmp_path):
 
 
 def test_expired_results_are_removed(env, fixtures, tmp_path):
-    server = Server(env, tmp_path / "data", "--keep", "2s")
+    server = Server(env, tmp_path / "data", "--keep", "1m")
     try:
         key = server.convert(_photos(fixtures, 1), {"convert_to": IMAGE}).json()["uuid"]
         url = server.wait(key)["files"][0]["url"]
+        # Finished two minutes ago, as far as the server's database says.
+        with sqlite3.connect(tmp_path / "data" / "jobs.sqlite3") as db:
+            db.execute("UPDATE jobs SET finished = finished - 120 WHERE uuid = ?", (key,))
         deadline = time.monotonic() + 30
         while server.post("/v1/results/", data={"uuid": key}).status_code != 404:
             assert time.monotonic() < deadline

@@ -159,14 +159,14 @@ def test_a_video_run_loads_one_session_without_spinning(tmp_path, fixtures, mode
     from bgrm.options import VideoOptions
 
     clip = write_frames(tmp_path / "c.mp4", pan_frames(fixtures / "astronaut.png", frames=2))
-    monkeypatch.setattr(segment, "_CACHE", {})
+    monkeypatch.setattr(segment, "SEGMENTERS", segment.SegmenterCache())
     status = run_command("video", VideoOptions(model="u2netp"), inputs=[str(clip)],
                          output_dir=tmp_path / "out", recursive=False, processes=None,
                          device="cpu", threads=None, skip_existing=False, as_json=False,
                          progress=False, show_traceback=True, scheduler=None)
     assert status == 0
-    assert len(segment._CACHE) == 1
-    (key,) = segment._CACHE
+    assert len(segment.SEGMENTERS) == 1
+    (key,) = segment.SEGMENTERS.keys()
     assert key[-1] is False  # spinning off
     cores = os.cpu_count() or 1
     # One thread a run and a frame a core at once (segment.video_lanes).

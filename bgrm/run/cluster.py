@@ -81,10 +81,10 @@ class ModelCache(WorkerPlugin):
         self._resolved: dict[str, tuple] = {}  # registry name -> (ResolvedModel, stamp)
 
     def teardown(self, worker) -> None:
-        from bgrm import segment
+        from bgrm.segment import SEGMENTERS
 
         for path in list(self._stamps):
-            _forget(segment, path)
+            SEGMENTERS.forget(path)
         self._stamps.clear()
         self._resolved.clear()
 
@@ -106,9 +106,9 @@ class ModelCache(WorkerPlugin):
             runtime = replace(runtime, model=model, threads=threads)
             stamp = _stamp(model.path)
             if self._stamps.get(str(model.path), stamp) != stamp:
-                from bgrm import segment
+                from bgrm.segment import SEGMENTERS
 
-                _forget(segment, str(model.path))  # replaced on disk since it was loaded
+                SEGMENTERS.forget(model.path)  # replaced on disk since it was loaded
             self._stamps[str(model.path)] = stamp
             with contextlib.suppress(Exception):
                 # Errors are left to run_task, which reports them as a local run does.
@@ -139,11 +139,6 @@ def _stamp(path: Path) -> tuple | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def _forget(segment, path: str) -> None:
-    for key in [k for k in segment._CACHE if k[0] == path]:
-        del segment._CACHE[key]
 
 
 def _plugin(worker) -> ModelCache:

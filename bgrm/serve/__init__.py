@@ -40,12 +40,40 @@ def default_data_dir() -> Path:
     return Path(base) / "bgrm" / "serve"
 
 
+MIN_KEEP_S = 60.0  # less, and a client polling every few seconds could find nothing
+
+
 def parse_duration(text: str) -> float:
-    """'24h', '30m', '90s', '2d' or plain seconds -> seconds."""
+    """'24h', '30m', '90s', '2d' or plain seconds -> seconds (at least a minute)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text).lower())
     if not m:
         raise ParameterError(f"--keep {text!r}: a duration like 24h, 30m, 90s or 2d")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if seconds < MIN_KEEP_S:
+        raise ParameterError(f"--keep {text}: at least 1m, or results could be gone before "
+                             "a client polls for them")
+    return seconds
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_size(text: str, option: str) -> int:
+    """'5MB', '2GB', '500k', '1GiB' or plain bytes -> bytes (MB = 10^6, MiB = 2^20)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _UNITS:
+        raise ParameterError(f"{option} {text!r}: a size like 500MB, 2GB or 1GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def show_size(n: int) -> str:
+    """Bytes as a short size for messages: 5 MB, 2.5 GB, 900 bytes."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def is_loopback(host: str) -> bool:
@@ -68,8 +96,29 @@ def bind(host: str, port: int) -> socket.socket:
                              f"{exc.strerror or exc}") from None
 
 
+def operator_models(specs: list[tuple[str, str, Path]]) -> dict:
+    """``--custom-model NAME=FAMILY:PATH`` rows -> name -> ResolvedModel, each file
+    loaded once on the CPU to check it fits its family (then let go)."""
+    from bgrm.errors import ModelError
+    from bgrm.models import REGISTRY, resolve
+    from bgrm.segment import check_model
+
+    models = {}
+    for name, family, path in specs:
+        if name in REGISTRY or name in models:
+            raise ParameterError(f"--custom-model {name}: that name is taken (a model of "
+                                 "bgrm's own, or given twice); choose another")
+        model = resolve(str(path), family)
+        try:
+            check_model(model)
+        except ModelError as exc:
+            raise ModelError(f"--custom-model {name}: {exc}") from None
+        models[name] = model
+    return models
+
+
 def run(*, host: str, port: int, api_key: str | None, data_dir: Path | None, keep: float,
-        settings, say) -> None:
+        settings, say, limits=None, custom_models=(), max_models: int = 2) -> None:
     """Serve until SIGTERM or Ctrl-C."""
     require()
     if not api_key and not is_loopback(host):
@@ -78,15 +127,20 @@ def run(*, host: str, port: int, api_key: str | None, data_dir: Path | None, kee
                              "--api-key KEY or BGRM_API_KEY, or serve on 127.0.0.1")
     import uvicorn
 
+    from bgrm.segment import SEGMENTERS
     from bgrm.serve.app import create_app
-    from bgrm.serve.jobs import Service
+    from bgrm.serve.jobs import Limits, Service
 
+    SEGMENTERS.resize(max_models)  # the process's one cache: this is the service's door
     sock = bind(host, port)
-    root = data_dir or default_data_dir()
+    root = (data_dir or default_data_dir()).expanduser()
     try:
-        service = Service(root, settings, say)
+        service = Service(root, settings, say, limits or Limits())
     except OSError as exc:
         raise ParameterError(f"--data-dir {root}: cannot use it: {exc.strerror or exc}") from None
+    # Checked once the data dir is held (a second server stops at once), before any
+    # job of the folder is resumed.
+    service.operator_models = operator_models(list(custom_models))
     where = sock.getsockname()
     shown = f"[{where[0]}]" if ":" in where[0] else where[0]
 
@@ -110,3 +164,20 @@ def run(*, host: str, port: int, api_key: str | None, data_dir: Path | None, kee
             sys.stderr.flush()
             os._exit(128 + signal.SIGTERM)
         say("stopped")
+
+
+def parse_custom_model(text: str) -> tuple[str, str, Path]:
+    """'NAME=FAMILY:PATH' -> (name, family, path), or a ParameterError saying the form."""
+    from bgrm.models import FAMILIES
+
+    name, _, rest = str(text).partition("=")
+    family, _, path = rest.partition(":")
+    name, family = name.strip(), family.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or not path:
+        raise ParameterError(f"--custom-model {text!r}: give NAME=FAMILY:PATH (a name of "
+                             "letters, digits, '.', '_' or '-'), e.g. "
+                             "shoes=isnet:/srv/models/shoes.onnx")
+    if family not in FAMILIES:
+        raise ParameterError(f"--custom-model {text!r}: family {family!r} is not one of "
+                             f"{', '.join(FAMILIES)}")
+    return name, family, Path(path).expanduser()

@@ -26,11 +26,15 @@ from starlette.routing import Route
 
 from bgrm import __version__
 from bgrm.errors import BgrmError
-from bgrm.serve.jobs import Service
-from bgrm.serve.upload import FormError, read_form
+from bgrm.serve import show_size
+from bgrm.serve.jobs import BACKGROUND_FIELDS, Service
+from bgrm.serve.upload import NO_SPACE, Allowance, FormError, read_form
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_SMALL_BODY = 64 * 1024  # a /v1/results/ request: a uuid
+# A multipart body's own bytes beyond its files: boundaries, part headers, the
+# parameters (at most 64 KiB each, and there are few).
+FORM_OVERHEAD = 1 << 20
 # Python's mimetypes does not know every output format on every system.
 MEDIA_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg",
                ".gif": "image/gif", ".mov": "video/quicktime", ".mp4": "video/mp4",
@@ -50,9 +54,21 @@ async def convert(request: Request) -> Response:
     service, api_key = request.app.state.service, request.app.state.api_key
     if api_key is not None and not _key_ok(request, api_key):
         return error(401, "missing or wrong API key: send the header Authorization: KEY")
+    limits = service.limits
+    room = await anyio.to_thread.run_sync(service.room)
+    declared = _content_length(request)
+    # Refused before a byte of the body is read (curl, sending "Expect: 100-continue",
+    # then sends nothing); the files themselves are counted as they arrive.
+    if declared is not None and declared > limits.max_upload + FORM_OVERHEAD:
+        return error(413, f"this request is {show_size(declared)}, over this server's "
+                          f"--max-upload of {show_size(limits.max_upload)}")
+    if room < 0 or declared is not None and declared > room:
+        return error(507, NO_SPACE)
+    allowance = Allowance(limits.max_upload, limits.max_files, service.room,
+                          uncounted=BACKGROUND_FIELDS)
     key, folder = await anyio.to_thread.run_sync(service.new_folder)
     try:
-        form = await read_form(request, folder / "in")
+        form = await read_form(request, folder / "in", allowance)
         await anyio.to_thread.run_sync(service.accept, key, folder, form)
     except FormError as exc:
         return error(exc.status, str(exc))
@@ -145,17 +161,31 @@ def create_app(service: Service, api_key: str | None, keep: float,
 
 
 async def _expire_every(service: Service, keep: float) -> None:
-    period = min(60.0, max(0.5, keep / 4))
+    # Each pass is one query when nothing is due; a job outlives --keep by 1/60 of it.
+    period = min(60.0, max(1.0, keep / 60))
     while True:
-        with contextlib.suppress(Exception):
+        try:
             await anyio.to_thread.run_sync(service.expire, keep)
+        except Exception as exc:  # noqa: BLE001 - said; the next pass tries again
+            service.say(f"expiring old jobs failed: {type(exc).__name__}: "
+                        f"{service.scrub(str(exc))}")
         await asyncio.sleep(period)
 
 
 def _key_ok(request: Request, api_key: str) -> bool:
-    # The hosted API's clients send the bare key; "Bearer KEY" is taken too.
-    sent = request.headers.get("authorization", "").strip().removeprefix("Bearer ").strip()
-    return hmac.compare_digest(sent.encode(), api_key.encode())
+    # The hosted API's clients send the bare key; "Bearer KEY" (any case) is taken too.
+    # Headers are bytes: Starlette decodes them as latin-1, which gives them back
+    # as sent, to be compared with the key's UTF-8 bytes.
+    sent = request.headers.get("authorization", "").encode("latin-1").strip()
+    scheme, _, rest = sent.partition(b" ")
+    if scheme.lower() == b"bearer" and rest.strip():
+        sent = rest.strip()
+    return hmac.compare_digest(sent, api_key.encode("utf-8"))
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None
 
 
 def _is_uuid(text: str) -> bool:

@@ -11,6 +11,7 @@ answered; a process started after a crash finishes what the last one left.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -19,12 +20,13 @@ import threading
 import time
 import traceback
 import uuid as uuidlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bgrm.api import JOBS
 from bgrm.errors import BgrmError, ModelError, ParameterError
-from bgrm.models import REGISTRY, SEGMENTATION_MODELS, models_dir, resolve, status
+from bgrm.models import REGISTRY, SEGMENTATION_MODELS, ResolvedModel, resolve, status
 from bgrm.options import CONVERT_TO, from_params
 from bgrm.outputs import TMP_MARK, commit, remove_leftovers, remove_tmp
 from bgrm.report import Result, api_results
@@ -40,6 +42,9 @@ BACKGROUND_FIELDS = ("bg_image", "bg_video")
 IMAGE_TIMEOUT_S = 600.0
 VIDEO_TIMEOUT_S, VIDEO_FRAME_S = 600.0, 10.0
 UNKNOWN_VIDEO_TIMEOUT_S = 6 * 3600.0  # no duration in the header
+# A job unfinished this long after its results would have expired is stuck (a
+# queue ahead of it that never moves): it expires too.
+STUCK_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,15 @@ class Settings:
     processes: int | None = None
     scheduler: str | None = None
     timeout: float | None = None  # None: the defaults above
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server's disk."""
+
+    max_upload: int = 2 * 10**9  # bytes of one request's files
+    max_files: int = 100  # input files of one request
+    min_free: int = 10**9  # bytes kept free on the data dir's disk for the jobs under way
 
 
 def default_timeout(tasks: list[Task]) -> float:
@@ -89,9 +103,11 @@ def make_executor(settings: Settings, say) -> Executor:
     return Threads(1, timeout=settings.timeout)
 
 
-def request_options(fields: dict[str, str], backgrounds: dict[str, Path]):
+def request_options(fields: dict[str, str], backgrounds: dict[str, Path],
+                    operator_models: Mapping[str, ResolvedModel] | None = None):
     """(job, options) from a request's form fields and background uploads, checked
-    by the same ``PARAMS`` table as the command line; a bad one is a ParameterError."""
+    by the same ``PARAMS`` table as the command line; a bad one is a ParameterError.
+    ``operator_models``: the names ``--custom-model`` serves besides the registry's."""
     convert_to = fields.get("convert_to", "")
     job = {v: k for k, v in CONVERT_TO.items()}.get(convert_to.strip())
     if job is None:
@@ -102,10 +118,14 @@ def request_options(fields: dict[str, str], backgrounds: dict[str, Path]):
             raise ParameterError(f"{name}: send the background as a file upload in the "
                                  f"field {name}, not as text")
     model = fields.get("model", "").strip()
-    if model and model not in REGISTRY:
+    served = [*SEGMENTATION_MODELS, *(operator_models or {})]
+    if model and model not in REGISTRY and model not in (operator_models or {}):
         raise ParameterError(f"model: {model!r} is not a model name; use one of "
-                             f"{', '.join(SEGMENTATION_MODELS)} (a request cannot name a "
-                             "file on the server)")
+                             f"{', '.join(served)} (a request cannot name a file on the "
+                             "server)")
+    if model in (operator_models or {}) and fields.get("model_family", "").strip():
+        raise ParameterError(f"model_family: {model} is this server's own model, run as "
+                             f"{operator_models[model].spec.family}; leave model_family out")
     params = {**fields, **{k: str(v) for k, v in backgrounds.items()}}
     opts = from_params(job, params)
     if job == "video" and opts.video_format == "png_sequence":
@@ -114,8 +134,10 @@ def request_options(fields: dict[str, str], backgrounds: dict[str, Path]):
     return job, opts
 
 
-def model_for(opts):
+def model_for(opts, operator_models: Mapping[str, ResolvedModel] | None = None):
     """The model a job runs, or a ParameterError that says how to get it."""
+    if opts.model in (operator_models or {}):
+        return operator_models[opts.model]
     try:
         return resolve(opts.model, opts.model_family, notice=lambda message: None)
     except ModelError:
@@ -132,7 +154,8 @@ def model_for(opts):
 
 
 class _Recorder(Listener):
-    """A job's files as they finish: into the database; frames done, in memory."""
+    """A job's files as they finish: into the database, with a video's frame count;
+    frames done so far, in memory."""
 
     def __init__(self, service: Service, key: str, tasks: dict[int, Task]):
         self.service, self.key, self.tasks = service, key, tasks
@@ -140,26 +163,57 @@ class _Recorder(Listener):
     def progress(self, number: int, n: int) -> None:
         if self.tasks[number].job != "video":
             return  # a photo reports itself done, which its state says already
-        frames = self.service.frames
-        frames[self.key] = frames.get(self.key, 0) + n
+        running = self.service.frames.setdefault(self.key, {})
+        running[number] = running.get(number, 0) + n
 
     def finished(self, number: int, result: Result) -> None:
         error = self.service.scrub(result.error, self.tasks[number]) if result.error else None
-        self.service.store.finish_file(self.key, number, error, result.crop_box)
+        running = self.service.frames.get(self.key, {})
+        frames = running.get(number) if self.tasks[number].job == "video" else None
+        self.service.store.finish_file(self.key, number, error, result.crop_box, frames)
+        running.pop(number, None)
+        if not running:
+            self.service.frames.pop(self.key, None)
+
+
+def hold(root: Path):
+    """An exclusive lock on the data dir, for as long as the returned file is open:
+    a second server there would resume, and so destroy, this one's jobs."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock = open(root / "serve.lock", "a+")  # noqa: SIM115 - held for the server's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip()
+        lock.close()
+        raise ParameterError(f"--data-dir {root}: another bgrm serve holds it"
+                             f"{f' (pid {pid})' if pid.isdigit() else ''}; stop that one, "
+                             "or give this one a --data-dir of its own") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 class Service:
     """The data dir, its database and the runner: what the routes call."""
 
-    def __init__(self, root: Path, settings: Settings, say=lambda message: None):
+    def __init__(self, root: Path, settings: Settings, say=lambda message: None,
+                 limits: Limits = Limits(),
+                 operator_models: Mapping[str, ResolvedModel] | None = None):
         self.root = root.expanduser().resolve()
+        self._lock = hold(self.root)  # before anything in the folder is read
         self.jobs_dir = self.root / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.settings, self.say = settings, say
+        self.settings, self.say, self.limits = settings, say, limits
+        self.operator_models = dict(operator_models or {})
         self.store = Store(self.root / "jobs.sqlite3")
         timeout_for = None if settings.timeout else default_timeout
         self.runner = Runner(make_executor(settings, say), timeout_for=timeout_for)
-        self.frames: dict[str, int] = {}  # progress of running jobs (video frames)
+        # Frames done so far of the videos running: job -> file number -> frames.
+        self.frames: dict[str, dict[int, int]] = {}
         self._thread: threading.Thread | None = None
         self.abandoned = False  # closed with files still running on threads
 
@@ -172,12 +226,16 @@ class Service:
         self._thread.start()
 
     def _loop(self) -> None:
+        from bgrm.image import release_backgrounds
+
         while True:
             try:
                 if not self.runner.step(block=True):
                     return
             except Exception:  # noqa: BLE001 - a bug in one batch must not stop the service
                 traceback.print_exc(file=sys.stderr)
+            finally:
+                release_backgrounds()  # a job's background is not kept past its batch
 
     def close(self, grace: float = 10.0) -> bool:
         """Take no more work; wait up to ``grace`` s for the files under way. Files
@@ -195,6 +253,7 @@ class Service:
             self.abandoned = True
         else:
             self.store.close()
+            self._lock.close()  # the data dir is free for the next server
         return done
 
     # -- jobs ---------------------------------------------------------------------------
@@ -214,8 +273,8 @@ class Service:
         if not inputs:
             raise ParameterError("no files: send them as multipart file fields "
                                  "(files, or file[0], file[1]...)")
-        job, opts = request_options(form.fields, backgrounds)
-        model = model_for(opts)
+        job, opts = request_options(form.fields, backgrounds, self.operator_models)
+        model = model_for(opts, self.operator_models)
         ext = JOBS[job].output_extension(opts)
         rows, taken = [], set()
         for n, upload in enumerate(inputs):
@@ -266,8 +325,9 @@ class Service:
         try:
             params = dict(job.params)
             backgrounds = {k: folder / params.pop(k) for k in BACKGROUND_FIELDS if k in params}
-            kind, opts = request_options(params, backgrounds)
-            tasks = self._tasks(kind, opts, model_for(opts), folder, queued)
+            kind, opts = request_options(params, backgrounds, self.operator_models)
+            tasks = self._tasks(kind, opts, model_for(opts, self.operator_models), folder,
+                                queued)
         except BgrmError as exc:  # a model removed since: its files fail, with the reason
             for f in queued:
                 self.store.finish_file(job.uuid, f.number, f"{f.name}: {self.scrub(str(exc))}")
@@ -287,13 +347,27 @@ class Service:
                                forget=True)
 
     def expire(self, keep: float) -> int:
-        """Remove jobs finished more than ``keep`` seconds ago: rows, then files."""
-        old = self.store.uuids(finished_before=time.time() - keep)
+        """Remove jobs finished more than ``keep`` seconds ago, and jobs still
+        unfinished ``keep`` after the longest a queue of files could take (stuck):
+        rows, then files. A job that cannot be removed is said, with its uuid."""
+        now = time.time()
+        old = self.store.uuids(finished_before=now - keep)
+        old += self.store.uuids(created_before=now - keep - STUCK_S)
         for key in old:
-            self.store.delete(key)
-            self.frames.pop(key, None)
-            shutil.rmtree(self.jobs_dir / key, ignore_errors=True)
+            try:
+                self.runner.cancel(key)
+                self.store.delete(key)
+                self.frames.pop(key, None)
+                shutil.rmtree(self.jobs_dir / key)
+            except Exception as exc:  # noqa: BLE001 - said, and the next pass tries again
+                self.say(f"job {key}: could not expire it: {type(exc).__name__}: "
+                         f"{self.scrub(str(exc))}")
         return len(old)
+
+    def room(self) -> int:
+        """Bytes a new upload may take before the disk's free space falls below the
+        reserve (negative: already below)."""
+        return shutil.disk_usage(self.root).free - self.limits.min_free
 
     # -- answers ------------------------------------------------------------------------
 
@@ -312,12 +386,13 @@ class Service:
                 results.append(Result(f.name, error=f.error))
         answer = api_results(results, url=lambda r: urls[id(r)])
         finished = job.finished is not None
-        if finished:
-            self.frames.pop(key, None)
         done = sum(f.state != "queued" for f in job.files)
+        running = self.frames.get(key, {})
+        frames = sum(f.frames or 0 for f in job.files if f.state != "queued") + sum(
+            n for number, n in list(running.items())
+            if any(f.number == number and f.state == "queued" for f in job.files))
         answer.update(finished=finished, queue_count=0 if finished else self.store.ahead(job.seq),
-                      progress={"files": len(job.files), "done": done,
-                                "frames": self.frames.get(key, 0)})
+                      progress={"files": len(job.files), "done": done, "frames": frames})
         return answer
 
     def download(self, key: str, number: int) -> tuple[Path, str] | None:
@@ -333,12 +408,31 @@ class Service:
         return path, row.filename
 
     def scrub(self, text: str, task: Task | None = None) -> str:
-        """An error for the client: no path of this server in it."""
+        """An error for the client: every path of this server as its file name (an
+        upload's as the client named it)."""
+        known = {str(self.jobs_dir): "jobs"}
         if task is not None:
-            text = text.replace(str(task.src), task.name).replace(str(task.dst), task.name)
-        for folder in (self.root, models_dir(), Path(__file__).resolve().parent.parent):
-            text = re.sub(re.escape(str(folder)) + r"[^\s'\"]*", "<server file>", text)
-        return text
+            known.update({str(task.src): task.name, str(task.dst): Path(task.dst).name})
+        return scrub(text, known)
+
+
+def scrub(text: str, known: Mapping[str, str] | None = None) -> str:
+    """``text`` with every absolute path in it replaced by its file name: paths in
+    ``known`` by the name given, quoted paths (which may hold spaces) and bare ones."""
+    for path, name in sorted((known or {}).items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(path, name)
+    text = _QUOTED_PATH.sub(lambda m: m[1] + _name(m[2]) + m[1], text)
+    return _BARE_PATH.sub(lambda m: _name(m[0]), text)
+
+
+# A path in quotes may hold spaces; a bare one ends at a space or punctuation. The
+# look-behind leaves URLs (scheme://host/path) and fractions (1/2) alone.
+_QUOTED_PATH = re.compile(r"""(['"])((?:/|[A-Za-z]:\\)[^'"\n]*)\1""")
+_BARE_PATH = re.compile(r"""(?<![\w.:/~-])(?:/|[A-Za-z]:\\)[^\s'"(),;]+""")
+
+
+def _name(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("/\\"))[-1] or "<server file>"
 
 
 def _quote(name: str) -> str:

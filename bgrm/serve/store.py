@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS files (
     state TEXT NOT NULL,                    -- queued | done | failed
     error TEXT,
     crop TEXT,                              -- JSON [left, top, right, bottom] or NULL
+    frames INTEGER,                         -- a finished video's frames
     PRIMARY KEY (uuid, number)
 );
 CREATE INDEX IF NOT EXISTS queued ON files (state, uuid);
@@ -50,6 +51,7 @@ class FileRow:
     state: str
     error: str | None
     crop: tuple[int, int, int, int] | None
+    frames: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(files)")}
+            if "frames" not in columns:  # a data dir of an earlier bgrm
+                self._db.execute("ALTER TABLE files ADD COLUMN frames INTEGER")
         # Reads on a connection of their own: /v1/results/ never waits for a write's
         # fsync, so it can be answered on the event loop itself.
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -104,12 +109,14 @@ class Store:
                (uuid, f.number, f.name, f.filename, f.src, f.dst)) for f in files))
 
     def finish_file(self, uuid: str, number: int, error: str | None,
-                    crop: tuple[int, int, int, int] | None = None) -> None:
+                    crop: tuple[int, int, int, int] | None = None,
+                    frames: int | None = None) -> None:
         """File ``number`` done (or failed with ``error``); the job finished with its last."""
         self._write(
-            ("UPDATE files SET state = ?, error = ?, crop = ? WHERE uuid = ? AND number = ?",
+            ("UPDATE files SET state = ?, error = ?, crop = ?, frames = ? "
+             "WHERE uuid = ? AND number = ?",
              ("failed" if error else "done", error, json.dumps(crop) if crop else None,
-              uuid, number)),
+              frames, uuid, number)),
             ("UPDATE jobs SET finished = ? WHERE uuid = ? AND finished IS NULL AND NOT EXISTS "
              "(SELECT 1 FROM files WHERE uuid = ? AND state = 'queued')",
              (time.time(), uuid, uuid)))
@@ -121,8 +128,8 @@ class Store:
             if row is None:
                 return None
             files = self._reader.execute("SELECT number, name, filename, src, dst, state, error, "
-                                     "crop FROM files WHERE uuid = ? ORDER BY number",
-                                     (uuid,)).fetchall()
+                                         "crop, frames FROM files WHERE uuid = ? "
+                                         "ORDER BY number", (uuid,)).fetchall()
         return _job(row, files)
 
     def ahead(self, seq: int) -> int:
@@ -136,11 +143,14 @@ class Store:
             return self._reader.execute("SELECT count(*) FROM files WHERE state = 'queued'"
                                     ).fetchone()[0]
 
-    def uuids(self, unfinished: bool = False, finished_before: float | None = None
-              ) -> list[str]:
-        """Jobs in arrival order: all, the unfinished ones, or those finished before a time."""
+    def uuids(self, unfinished: bool = False, finished_before: float | None = None,
+              created_before: float | None = None) -> list[str]:
+        """Jobs in arrival order: all, the unfinished ones, those finished before a
+        time, or those unfinished and created before a time (stuck)."""
         sql, args = "SELECT uuid FROM jobs", ()
-        if unfinished:
+        if created_before is not None:
+            sql, args = sql + " WHERE finished IS NULL AND created < ?", (created_before,)
+        elif unfinished:
             sql += " WHERE finished IS NULL"
         elif finished_before is not None:
             sql, args = sql + " WHERE finished < ?", (finished_before,)
@@ -155,4 +165,4 @@ class Store:
 def _job(row, files) -> JobRow:
     return JobRow(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], tuple(
         FileRow(f[0], f[1], f[2], f[3], f[4], f[5], f[6],
-                tuple(json.loads(f[7])) if f[7] else None) for f in files))
+                tuple(json.loads(f[7])) if f[7] else None, f[8]) for f in files))

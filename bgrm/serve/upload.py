@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import anyio
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
+
+from bgrm.serve import show_size
 
 MAX_FIELD_BYTES = 64 * 1024  # a parameter's value; the longest real one is a colour
 MAX_PARTS = 1000
@@ -65,11 +68,29 @@ def extension(name: str) -> str:
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ""
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """What one request may write: ``max_bytes`` of files, ``max_files`` inputs (a
+    background does not count), and the disk's free space above the reserve, read
+    by ``room()`` every ``ROOM_EVERY`` bytes."""
+
+    max_bytes: int
+    max_files: int
+    room: Callable[[], int] = lambda: 1 << 62
+    files_named: str = "--max-files"
+    bytes_named: str = "--max-upload"
+    uncounted: tuple[str, ...] = ()  # file fields that are not inputs (backgrounds)
+
+
+ROOM_EVERY = 8 << 20
+
+
 class _Parts:
     """python-multipart's callbacks: text fields into a dict, files onto disk."""
 
-    def __init__(self, folder: Path):
-        self.folder, self.form = folder, Form()
+    def __init__(self, folder: Path, allowance: Allowance):
+        self.folder, self.form, self.allowance = folder, Form(), allowance
+        self.written, self._checked = 0, 0
         self.parts = 0
         self._header, self._value, self._disposition = b"", b"", b""
         self._text: bytearray | None = None
@@ -101,6 +122,11 @@ class _Parts:
         if b"filename" in options:
             client = safe_name(options[b"filename"])
             number = len(self.form.files)
+            inputs = sum(u.field not in self.allowance.uncounted for u in self.form.files)
+            if name not in self.allowance.uncounted and inputs >= self.allowance.max_files:
+                raise FormError(f"more than {self.allowance.max_files} files in one request "
+                                f"(this server's {self.allowance.files_named}); send them "
+                                "in several requests", 413)
             self._upload = Upload(name, client, self.folder / f"{number}{extension(client)}")
             self._file = open(self._upload.path, "xb")  # noqa: SIM115 - closed at part end
             self.form.files.append(self._upload)
@@ -109,6 +135,7 @@ class _Parts:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file is not None:
+            self._count(end - start)
             self._file.write(data[start:end])
             self._upload.size += end - start
         else:
@@ -124,6 +151,18 @@ class _Parts:
             self.form.fields[self._field] = self._text.decode("utf-8", errors="replace")
             self._text = None
 
+    def _count(self, n: int) -> None:
+        """Refuse the request as soon as its files pass a limit, before writing more."""
+        allowance = self.allowance
+        self.written += n
+        if self.written > allowance.max_bytes:
+            raise FormError(f"the files of this request are over {show_size(allowance.max_bytes)}"
+                            f" (this server's {allowance.bytes_named})", 413)
+        if self.written - self._checked >= ROOM_EVERY:
+            self._checked = self.written
+            if allowance.room() < 0:
+                raise FormError(NO_SPACE, 507)
+
     def close(self) -> None:
         if self._file is not None:
             with contextlib.suppress(OSError):
@@ -131,7 +170,11 @@ class _Parts:
             self._file = None
 
 
-async def read_form(request, folder: Path) -> Form:
+NO_SPACE = ("the server's disk is nearly full: it keeps its free space for the jobs "
+            "under way; try again later")
+
+
+async def read_form(request, folder: Path, allowance: Allowance) -> Form:
     """The request's multipart form, its files written into ``folder`` as they come.
 
     Disk writes run on a worker thread, chunk by chunk, so the event loop keeps
@@ -141,7 +184,7 @@ async def read_form(request, folder: Path) -> Form:
     ctype, options = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in options:
         raise FormError("send the files as multipart/form-data (curl -F files=@photo.jpg)")
-    parts = _Parts(folder)
+    parts = _Parts(folder, allowance)
     callbacks = {name: getattr(parts, name) for name in (
         "on_part_begin", "on_header_field", "on_header_value", "on_header_end",
         "on_headers_finished", "on_part_data", "on_part_end")}
@@ -156,7 +199,7 @@ async def read_form(request, folder: Path) -> Form:
     except OSError as exc:
         if exc.errno in NO_ROOM:
             raise FormError("the server has no room left to store this upload "
-                            "(its disk is full)", 413) from None
+                            "(its disk is full)", 507) from None
         raise FormError("the server could not store this upload", 500) from None
     finally:
         parts.close()
