@@ -784,7 +784,47 @@ def row_serve_load(b: Bench) -> None:
           file=sys.stderr)
 
 
-ROWS += [row_serve_batch, row_serve_load]
+def row_serve_models(b: Bench) -> None:
+    """A client cycling through four operator models (30-75 MB of weights, the
+    test stand-ins), twice: the server's peak RSS with --max-models 1 against
+    every model kept loaded (--max-models 5, as before there was a bound)."""
+    import requests
+    import serve_load
+    from standins import standin_onnx
+
+    sizes = (30, 45, 60, 75)
+    specs = []
+    for i, mb in enumerate(sizes):
+        path = standin_onnx(b.work / f"ballast{i}.onnx", "u2net", seed=i, weight_mb=mb)
+        specs += ["--custom-model", f"m{i}=u2net:{path}"]
+    photo = serve_load.make_photos(b.work / "serve-models", 1, 160)
+    peaks = {}
+    for bound in (1, 5):
+        server = serve_load.Server(b.env, b.work / f"serve-models-{bound}", "--max-models",
+                                   str(bound), *specs)
+        try:
+            peak = 0.0
+            with requests.Session() as http:
+                for _ in range(2):
+                    for i in range(len(sizes)):
+                        files = [("files", (photo[0].name, photo[0].read_bytes()))]
+                        r = http.post(server.url + "/v1/convert/", files=files, timeout=600,
+                                      data={"convert_to": serve_load.IMAGE, "model": f"m{i}"})
+                        key = r.json()["uuid"]
+                        while not http.post(server.url + "/v1/results/", data={"uuid": key},
+                                            timeout=600).json()["finished"]:
+                            time.sleep(0.05)
+                        peak = max(peak, server.rss_mb())
+            peaks[bound] = peak
+        finally:
+            server.stop()
+    b.table.add(f"serve: 4 models of {sizes[0]}-{sizes[-1]} MB in turn, twice",
+                f"{peaks[1]:.0f} MB peak (--max-models 1)", f"{peaks[5]:.0f} MB (all kept)",
+                f"{peaks[5] - peaks[1]:.0f} MB spared", f">= {sum(sizes) - max(sizes)} MB",
+                peaks[5] - peaks[1] >= sum(sizes) - max(sizes))
+
+
+ROWS += [row_serve_batch, row_serve_load, row_serve_models]
 
 
 def row_truth(b: Bench) -> None:

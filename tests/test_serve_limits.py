@@ -108,7 +108,7 @@ def test_a_body_without_its_length_is_refused_as_the_limit_is_crossed(limited):
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(("POST /v1/convert/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                       f"{KEY}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-                      "Transfer-Encoding: chunked\r\n\r\n").encode("utf-8"))
+                      "Transfer-Encoding: chunked\r\n\r\n").encode())
         chunk = b"\0" * (1 << 20)
         body = [head] + [chunk] * 7  # 7 MB of a file, and never the end of the body
         for part in body:
