@@ -293,6 +293,19 @@ def test_the_checked_address_is_the_one_connected_to(site, tmp_path, dialled):
     assert dialled == ["127.0.0.2"]
 
 
+def test_the_address_reached_is_checked_again(site, tmp_path, monkeypatch):
+    # The socket says it reached another address than the one dialled (as a
+    # transparent proxy or a NAT rule could make it): nothing is sent there.
+    web = site("127.0.0.2")
+    web.routes["/cat.png"] = serve_bytes(PICTURE)
+    monkeypatch.setattr(socket.socket, "getpeername", lambda sock: ("127.0.0.1", web.port))
+    with pytest.raises(URLRefused, match="the connection reached 127.0.0.1, not 127.0.0.2"):
+        fetch(f"http://images.test:{web.port}/cat.png", tmp_path / "0.png", max_bytes=10**6,
+              policy=public({"images.test": "127.0.0.2"}))
+    assert web.requests == []
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_request_says_who_asks_and_for_which_host(site, tmp_path):
     web = site("127.0.0.2")
     web.routes["/cat.png?size=large"] = serve_bytes(PICTURE)
