@@ -88,7 +88,11 @@ class Site:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer((host, 0), Handler)
+        server_class = ThreadingHTTPServer
+        if ":" in host:
+            server_class = type("Server6", (ThreadingHTTPServer,),
+                                {"address_family": socket.AF_INET6})
+        self.server = server_class((host, 0), Handler)
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
@@ -216,6 +220,22 @@ def test_a_private_address_is_fetched_only_with_allow_private(site, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png"]
 
 
+def test_ipv6_loopback_is_fetched_only_with_allow_private(site, tmp_path):
+    try:
+        local = site("::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    local.routes["/cat.png"] = serve_bytes(PICTURE)
+    url = f"http://[::1]:{local.port}/cat.png"
+    with pytest.raises(URLRefused, match="host '::1' is a loopback address"):
+        fetch(url, tmp_path / "0.png", max_bytes=10**6, policy=Policy())
+    assert fetch(url, tmp_path / "0.png", max_bytes=10**6,
+                 policy=Policy(allow_private=True)) == "cat.png"
+    assert (tmp_path / "0.png").read_bytes() == PICTURE
+    (_, _, headers, _), = local.requests
+    assert headers["Host"] == f"[::1]:{local.port}"
+
+
 @pytest.mark.parametrize("url", [
     "ftp://images.test/cat.png", "file:///etc/passwd", "javascript:alert(1)",
     "images.test/cat.png", "http:///cat.png", "http://user:secret@images.test/cat.png",
@@ -236,6 +256,7 @@ def test_a_redirect_to_a_refused_address_is_refused(site, tmp_path, dialled):
     inside.routes["/secret"] = serve_bytes(b"the metadata service's keys")
     outside.routes["/literal"] = redirect(f"http://127.0.0.1:{inside.port}/secret")
     outside.routes["/named"] = redirect(f"http://inside.test:{inside.port}/secret", 307)
+    outside.routes["/file"] = redirect("file:///etc/passwd", 301)
     policy = public({"images.test": "127.0.0.2", "inside.test": "127.0.0.1"})
     with pytest.raises(URLRefused, match="host '127.0.0.1' is a loopback address"):
         fetch(f"http://images.test:{outside.port}/literal", tmp_path / "0.png",
@@ -243,7 +264,10 @@ def test_a_redirect_to_a_refused_address_is_refused(site, tmp_path, dialled):
     with pytest.raises(URLRefused, match="host 'inside.test' resolves to 127.0.0.1"):
         fetch(f"http://images.test:{outside.port}/named", tmp_path / "0.png",
               max_bytes=10**6, policy=policy)
-    assert outside.paths() == ["/literal", "/named"]
+    with pytest.raises(URLRefused, match="only http and https URLs can be fetched, not file"):
+        fetch(f"http://images.test:{outside.port}/file", tmp_path / "0.png",
+              max_bytes=10**6, policy=policy)
+    assert outside.paths() == ["/literal", "/named", "/file"]
     assert inside.requests == []
     assert "127.0.0.1" not in dialled
     assert list(tmp_path.iterdir()) == []
