@@ -239,7 +239,7 @@ def test_ipv6_loopback_is_fetched_only_with_allow_private(site, tmp_path):
 @pytest.mark.parametrize("url", [
     "ftp://images.test/cat.png", "file:///etc/passwd", "javascript:alert(1)",
     "images.test/cat.png", "http:///cat.png", "http://user:secret@images.test/cat.png",
-    "http://images.test:99999/cat.png", "http://images.test:0/", "http://images.test/a b.png",
+    "http://user:secret@images.test:99999/cat.png", "http://images.test:0/", "http://images.test/a b.png",
     "http://images.test/\r\nX-Evil: 1", "http://" + "x" * 9000 + ".test/",
 ])
 def test_urls_that_are_not_http_to_a_host_are_refused(url, tmp_path):

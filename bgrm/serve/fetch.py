@@ -221,13 +221,13 @@ def _parse(url: str, field: str) -> _Target:
         port = parts.port
         host = (parts.hostname or "").encode("idna").decode("ascii")
     except (ValueError, UnicodeError):
-        raise URLRefused(f"{field}: {_short(url)!r} is not a valid URL") from None
+        raise URLRefused(f"{field}: not a valid URL (its host or port)") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise URLRefused(f"{field}: only http and https URLs can be fetched, "
                          f"not {scheme or 'a URL without a scheme'}")
     if not host:
-        raise URLRefused(f"{field}: {_short(url)!r} has no host")
+        raise URLRefused(f"{field}: the URL has no host")
     if parts.username is not None or parts.password is not None:
         raise URLRefused(f"{field}: host {host!r}: a URL cannot carry a user name or "
                          "password")
@@ -238,10 +238,6 @@ def _parse(url: str, field: str) -> _Target:
         path += "?" + urllib.parse.quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
     return _Target(url, scheme == "https", host, port or (443 if scheme == "https" else 80),
                    path)
-
-
-def _short(url: str) -> str:
-    return url if len(url) <= 80 else url[:77] + "..."
 
 
 def _redirect(target: _Target, location: str | None, field: str) -> _Target:
