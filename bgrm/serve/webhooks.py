@@ -208,11 +208,15 @@ class Outbox:
     def expire(self, now: float | None = None) -> list[str]:
         """Mark the pending deliveries whose results expired; their uuids."""
         now = time.time() if now is None else now
-        uuids = [r[0] for r in self._read(
-            "SELECT uuid FROM webhooks WHERE state = ? AND expires <= ?", (PENDING, now))]
-        if uuids:
-            self._write("UPDATE webhooks SET state = ? WHERE state = ? AND expires <= ?",
-                        (EXPIRED, PENDING, now))
+        # Read first: a round with nothing to expire takes no write lock from the job store.
+        if not self._read("SELECT 1 FROM webhooks WHERE state = ? AND expires <= ? LIMIT 1",
+                          (PENDING, now)):
+            return []
+        with self._transaction() as db:
+            uuids = [r[0] for r in db.execute(
+                "SELECT uuid FROM webhooks WHERE state = ? AND expires <= ?", (PENDING, now))]
+            db.execute("UPDATE webhooks SET state = ? WHERE state = ? AND expires <= ?",
+                       (EXPIRED, PENDING, now))
         return uuids
 
     def forget(self, uuid: str) -> None:
