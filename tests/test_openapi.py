@@ -198,7 +198,6 @@ def test_a_real_results_object_fits_its_schema():
 
 
 def test_every_route_of_the_service_is_documented():
-    pytest.importorskip("starlette")  # the serve extra
     from bgrm.serve.app import ROUTES
 
     documented = set(document(MODELS, "0")["paths"])

@@ -91,6 +91,8 @@ def _convert(models: Mapping[str, Mapping[str, str]], extra_inputs: bool) -> dic
         "description": (
             "Uploads files (multipart/form-data) with the parameters as form fields; "
             "answers the job's uuid once the files are on disk. Poll /v1/results/ with it. "
+            "At least one input: a file in any file field"
+            + (", or an image_url. " if extra_inputs else ". ") +
             "Form values are strings on the wire ('true', '240', '#00ff00'); the schemas "
             "give the type each must read as. Also served at /v1/convert (no slash). "
             f"The edge steps always run in this order: {EDGE_ORDER}."),
@@ -98,11 +100,12 @@ def _convert(models: Mapping[str, Mapping[str, str]], extra_inputs: bool) -> dic
         "requestBody": {"required": True, "content": {"multipart/form-data": form}},
         "responses": {
             "200": _json("The job is queued.", {"$ref": "#/components/schemas/Queued"}),
-            "400": _error_response("A parameter, a combination of them, or the form is refused; "
-                              "`error` names the parameter and what it allows."),
+            "400": _error_response("A parameter, a combination of them, or the form is "
+                                   "refused, or no input was sent; `error` names the "
+                                   "parameter and what it allows."),
             "401": _error_response("Missing or wrong API key."),
             "413": _error_response("The upload is too large for the server's limits, or it "
-                              "has no room to store it."),
+                                   "has no room to store it."),
             "507": _error_response("The server's storage is full."),
         },
     }
