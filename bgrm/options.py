@@ -32,12 +32,16 @@ VIDEO_FORMATS = (
     "webm",
     "png_sequence",
 )
+# Video formats that write a folder of files: the service cannot send one as a download.
+FOLDER_FORMATS = ("png_sequence",)
 IMAGE_FORMATS = ("png", "webp", "jpg")
 DEVICES = ("auto", "cpu", "cuda")  # where the model runs (--device, Session's device)
 MODEL_FAMILIES = tuple(FAMILIES)  # --model-family, for a model given as a path
 CONVERT_TO = {"image": "image-backgroundremover", "video": "video-backgroundremover"}
 
-_HEX = re.compile(r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$")
+# A hex colour as the API takes it (the service's OpenAPI document states it too).
+HEX_COLOR_PATTERN = r"^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})$"
+_HEX = re.compile(HEX_COLOR_PATTERN)
 
 
 def parse_color(value, name: str = "color") -> tuple[int, int, int]:

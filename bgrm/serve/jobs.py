@@ -27,7 +27,7 @@ from pathlib import Path
 from bgrm.api import JOBS
 from bgrm.errors import BgrmError, ModelError, ParameterError
 from bgrm.models import REGISTRY, SEGMENTATION_MODELS, ResolvedModel, resolve, status
-from bgrm.options import CONVERT_TO, from_params
+from bgrm.options import CONVERT_TO, FOLDER_FORMATS, from_params
 from bgrm.outputs import TMP_MARK, commit, remove_leftovers, remove_tmp
 from bgrm.report import Result, api_results
 from bgrm.run import Executor, Listener, Runner, Runtime, Task, held_path
@@ -128,8 +128,8 @@ def request_options(fields: dict[str, str], backgrounds: dict[str, Path],
                              f"{operator_models[model].spec.family}; leave model_family out")
     params = {**fields, **{k: str(v) for k, v in backgrounds.items()}}
     opts = from_params(job, params)
-    if job == "video" and opts.video_format == "png_sequence":
-        raise ParameterError("video_format: png_sequence writes a folder of files, which "
+    if job == "video" and opts.video_format in FOLDER_FORMATS:
+        raise ParameterError(f"video_format: {opts.video_format} writes a folder of files, which "
                              "the service cannot send as one download; use mov or webm")
     return job, opts
 
