@@ -243,9 +243,12 @@ cli.add_command(models)  # light: click and hashlib only; tqdm/urllib load on in
 @click.option("--custom-model", "custom_models", multiple=True, metavar="NAME=FAMILY:PATH",
               help="Serve your own .onnx export as model=NAME (family: u2net, isnet, "
                    "birefnet or bria); repeatable.")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Let image_url and webhook_url reach loopback, private and link-local "
+                   "addresses (refused by default: the network behind the server).")
 @_decorated(run_options("10 min per photo; for a video 10 min + 10 s per frame"))
 def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, max_models,
-          custom_models, processes, timeout, device, threads, scheduler):
+          custom_models, allow_private_urls, processes, timeout, device, threads, scheduler):
     """Serve the hosted API (/v1/convert/, /v1/results/) and a page at /.
 
     The hosted API's client examples work with only the domain (and key) changed.
@@ -264,7 +267,7 @@ def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, 
     service.run(host=host, port=port, api_key=api_key, data_dir=data_dir,
                 keep=service.parse_duration(keep), settings=settings,
                 say=lambda message: click.echo(f"bgrm serve: {message}", err=True),
-                limits=limits, max_models=max_models,
+                limits=limits, max_models=max_models, allow_private_urls=allow_private_urls,
                 custom_models=[service.parse_custom_model(c) for c in custom_models])
 
 

@@ -24,6 +24,7 @@ class Result:
     skipped_output: str | None = None
     # --crop: (left, top, right, bottom) kept, in the upright input's pixels
     crop_box: tuple[int, int, int, int] | None = None
+    seconds: float | None = None  # wall time of its processing, where it ran
 
     @property
     def ok(self) -> bool:

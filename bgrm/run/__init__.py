@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 import traceback
 import uuid
 from abc import ABC, abstractmethod
@@ -99,13 +100,15 @@ def run_task(task: Task, progress: Callable[[int], None]) -> Result:
     """Process one file; every failure becomes the result's error, never an exception."""
     from bgrm.api import Session
 
+    start = time.monotonic()
     try:
         rt = task.runtime
         session = Session(rt.model, device=rt.device, threads=rt.threads, spinning=rt.spinning,
                           lanes=rt.lanes)
         with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
             done = session.write(task.job, task.src, task.dst, task.options, progress)
-        return Result(task.name, task.dst, notes=list(done.notes), crop_box=done.crop_box)
+        return Result(task.name, task.dst, notes=list(done.notes), crop_box=done.crop_box,
+                      seconds=time.monotonic() - start)
     except BgrmError as exc:
         # The traceback is kept for --traceback; the user sees the one line.
         return Result(task.name, error=one_line(str(exc)), traceback=traceback.format_exc())

@@ -24,7 +24,7 @@ INSTALL_HINT = "pip install 'bgrm[serve]'"
 def require() -> None:
     """A usage error saying what to install when the extra is missing."""
     missing = []
-    for module in ("starlette", "uvicorn", "python_multipart"):
+    for module in ("starlette", "uvicorn", "python_multipart", "prometheus_client"):
         try:
             __import__(module)
         except ImportError:
@@ -118,7 +118,8 @@ def operator_models(specs: list[tuple[str, str, Path]]) -> dict:
 
 
 def run(*, host: str, port: int, api_key: str | None, data_dir: Path | None, keep: float,
-        settings, say, limits=None, custom_models=(), max_models: int = 2) -> None:
+        settings, say, limits=None, custom_models=(), max_models: int = 2,
+        allow_private_urls: bool = False) -> None:
     """Serve until SIGTERM or Ctrl-C."""
     require()
     if not api_key and not is_loopback(host):
@@ -135,7 +136,8 @@ def run(*, host: str, port: int, api_key: str | None, data_dir: Path | None, kee
     sock = bind(host, port)
     root = (data_dir or default_data_dir()).expanduser()
     try:
-        service = Service(root, settings, say, limits or Limits())
+        service = Service(root, settings, say, limits or Limits(), keep=keep,
+                          api_key=api_key or None, allow_private_urls=allow_private_urls)
     except OSError as exc:
         raise ParameterError(f"--data-dir {root}: cannot use it: {exc.strerror or exc}") from None
     # Checked once the data dir is held (a second server stops at once), before any

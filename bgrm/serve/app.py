@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from bgrm import __version__
 from bgrm.errors import BgrmError
-from bgrm.serve import show_size
+from bgrm.serve import openapi, show_size
 from bgrm.serve.jobs import BACKGROUND_FIELDS, Service
 from bgrm.serve.upload import NO_SPACE, Allowance, FormError, read_form
 
@@ -51,6 +51,13 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 async def convert(request: Request) -> Response:
+    answer = await _convert(request)
+    if answer.status_code >= 400:
+        request.app.state.service.metrics.refused.labels(str(answer.status_code)).inc()
+    return answer
+
+
+async def _convert(request: Request) -> Response:
     service, api_key = request.app.state.service, request.app.state.api_key
     if api_key is not None and not _key_ok(request, api_key):
         return error(401, "missing or wrong API key: send the header Authorization: KEY")
@@ -108,6 +115,24 @@ def health(request: Request) -> Response:
                          "queued": request.app.state.service.store.queued()})
 
 
+async def ready(request: Request) -> Response:
+    """Readiness: the runner up, the database writable, the data dir held."""
+    why = await anyio.to_thread.run_sync(request.app.state.service.readiness)
+    if why is not None:
+        return JSONResponse({"status": "unavailable", "reason": why}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    body, ctype = await anyio.to_thread.run_sync(request.app.state.service.metrics.render)
+    return Response(body, media_type=ctype)
+
+
+def openapi_json(request: Request) -> Response:
+    service = request.app.state.service
+    return JSONResponse(openapi.document(service.model_choices(), __version__))
+
+
 def index(request: Request) -> Response:
     page = STATIC / "index.html"
     if page.is_file():
@@ -145,6 +170,9 @@ ROUTES = [
     Route("/v1/results", results, methods=["POST", "GET"]),
     Route("/v1/files/{uuid}/{number:int}/{filename}", download, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/", index, methods=["GET"]),
     Route("/static/{name}", static, methods=["GET"]),
 ]

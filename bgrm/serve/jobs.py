@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bgrm.api import JOBS
 from bgrm.errors import BgrmError, ModelError, ParameterError
@@ -31,11 +33,16 @@ from bgrm.options import CONVERT_TO, FOLDER_FORMATS, from_params
 from bgrm.outputs import TMP_MARK, commit, remove_leftovers, remove_tmp
 from bgrm.report import Result, api_results
 from bgrm.run import Executor, Listener, Runner, Runtime, Task, held_path
+from bgrm.serve import fetch, webhooks
+from bgrm.serve.metrics import Metrics
 from bgrm.serve.store import FileRow, JobRow, Store
-from bgrm.serve.upload import Form
+from bgrm.serve.upload import Form, FormError, Upload, extension, safe_name
 
 # A background is sent as a file in one of these fields, never named by a path.
 BACKGROUND_FIELDS = ("bg_image", "bg_video")
+# The service's own fields, beside the API's parameters: inputs by URL (fetched by
+# the server) and where to POST the results when the job is done.
+SERVICE_FIELDS = ("image_url", "webhook_url")
 # --timeout's default in serve: a photo never takes this long here (a 50 MP photo
 # with alpha matting, ~1 min on 2 cores), so past it the file is hung. A video
 # scales with its frames (a 1080p frame with matting takes ~3 s here).
@@ -126,7 +133,8 @@ def request_options(fields: dict[str, str], backgrounds: dict[str, Path],
     if model in (operator_models or {}) and fields.get("model_family", "").strip():
         raise ParameterError(f"model_family: {model} is this server's own model, run as "
                              f"{operator_models[model].spec.family}; leave model_family out")
-    params = {**fields, **{k: str(v) for k, v in backgrounds.items()}}
+    params = {**{k: v for k, v in fields.items() if k not in SERVICE_FIELDS},
+              **{k: str(v) for k, v in backgrounds.items()}}
     opts = from_params(job, params)
     if job == "video" and opts.video_format in FOLDER_FORMATS:
         raise ParameterError(f"video_format: {opts.video_format} writes a folder of files, which "
@@ -153,6 +161,42 @@ def model_for(opts, operator_models: Mapping[str, ResolvedModel] | None = None):
                          f"with: bgrm models install {spec.name}") from None
 
 
+def fetch_inputs(folder: Path, urls: list[str], first: int, budget: int,
+                 policy: fetch.Policy) -> list[tuple[Upload, str | None]]:
+    """Each URL fetched into ``folder`` as upload number ``first``, ``first + 1``...
+    with what is left of the request's ``budget`` of bytes: (upload, None), or
+    (upload, the reason it failed) for a file that then fails alone."""
+    out = []
+    for number, url in enumerate(urls, first):
+        dest = folder / f"{number}.fetched"
+        try:
+            name = fetch.fetch(url, dest, max_bytes=max(0, budget), policy=policy)
+        except fetch.FetchError as exc:
+            shown = safe_name(urlsplit(url).path.rsplit("/", 1)[-1] or "image")
+            out.append((Upload("image_url", shown, dest), f"{shown}: {exc}"))
+            continue
+        path = dest.rename(dest.with_suffix(extension(name) or ".fetched"))
+        upload = Upload("image_url", name, path, path.stat().st_size)
+        budget -= upload.size
+        out.append((upload, None))
+    return out
+
+
+def _rows(inputs: list[Upload], folder: Path, ext: str) -> list[FileRow]:
+    """The files of a new job: each input's result named ``<stem>_processed.<ext>``,
+    made unique within the job."""
+    rows, taken = [], set()
+    for n, upload in enumerate(inputs):
+        stem, filename, k = Path(upload.name).stem or "file", "", 1
+        while not filename or filename in taken:
+            filename = f"{stem}_processed{'' if k == 1 else f'_{k}'}.{ext}"
+            k += 1
+        taken.add(filename)
+        rows.append(FileRow(n, upload.name, filename, str(upload.path.relative_to(folder)),
+                            f"out/{n}_processed.{ext}", "queued", None, None))
+    return rows
+
+
 class _Recorder(Listener):
     """A job's files as they finish: into the database, with a video's frame count;
     frames done so far, in memory."""
@@ -167,10 +211,12 @@ class _Recorder(Listener):
         running[number] = running.get(number, 0) + n
 
     def finished(self, number: int, result: Result) -> None:
-        error = self.service.scrub(result.error, self.tasks[number]) if result.error else None
+        task = self.tasks[number]
+        error = self.service.scrub(result.error, task) if result.error else None
         running = self.service.frames.get(self.key, {})
-        frames = running.get(number) if self.tasks[number].job == "video" else None
-        self.service.store.finish_file(self.key, number, error, result.crop_box, frames)
+        frames = running.get(number) if task.job == "video" else None
+        self.service.file_finished(self.key, task.job, number, error, result.crop_box, frames,
+                                   result.seconds)
         running.pop(number, None)
         if not running:
             self.service.frames.pop(self.key, None)
@@ -202,12 +248,14 @@ class Service:
 
     def __init__(self, root: Path, settings: Settings, say=lambda message: None,
                  limits: Limits = Limits(),
-                 operator_models: Mapping[str, ResolvedModel] | None = None):
+                 operator_models: Mapping[str, ResolvedModel] | None = None, *,
+                 keep: float = 86400.0, api_key: str | None = None,
+                 allow_private_urls: bool = False):
         self.root = root.expanduser().resolve()
         self._lock = hold(self.root)  # before anything in the folder is read
         self.jobs_dir = self.root / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.settings, self.say, self.limits = settings, say, limits
+        self.settings, self.say, self.limits, self.keep = settings, say, limits, keep
         self.operator_models = dict(operator_models or {})
         self.store = Store(self.root / "jobs.sqlite3")
         timeout_for = None if settings.timeout else default_timeout
@@ -216,6 +264,11 @@ class Service:
         self.frames: dict[str, dict[int, int]] = {}
         self._thread: threading.Thread | None = None
         self.abandoned = False  # closed with files still running on threads
+        self.state = "starting"  # -> ready -> stopping (GET /ready)
+        self.policy = fetch.Policy(allow_private=allow_private_urls)
+        self.outbox = webhooks.Outbox(self.root / "jobs.sqlite3")
+        self.deliverer = webhooks.Deliverer(self.outbox, self._post, api_key)
+        self.metrics = Metrics(self._gauges())
 
     # -- life ---------------------------------------------------------------------------
 
@@ -224,6 +277,54 @@ class Service:
         self.resume()
         self._thread = threading.Thread(target=self._loop, name="bgrm-runner", daemon=True)
         self._thread.start()
+        self.deliverer.start()
+        self.state = "ready"
+
+    def readiness(self) -> str | None:
+        """None when new jobs can be taken and run; else why not."""
+        if self.state != "ready":
+            return f"the server is {self.state}"
+        if self._thread is None or not self._thread.is_alive():
+            return "the runner has stopped"
+        if self._lock.closed:
+            return "the data dir is no longer held"
+        try:
+            self.store.check_writable()
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return f"the job database cannot be written: {self.scrub(str(exc))}"
+        return None
+
+    def _gauges(self) -> dict:
+        from bgrm.segment import SEGMENTERS
+
+        return {"bgrm_queue_files": ("Files queued or running", self.store.queued),
+                "bgrm_models_loaded": ("Model sessions loaded", lambda: len(SEGMENTERS)),
+                "bgrm_webhooks_pending": ("Webhook deliveries not yet made",
+                                          self.outbox.pending)}
+
+    def _post(self, url: str, body: bytes, headers: dict) -> int:
+        try:
+            return fetch.post(url, body, headers, policy=self.policy)
+        except fetch.URLRefused as exc:
+            raise webhooks.GiveUp(str(exc)) from None
+
+    def file_finished(self, key: str, kind: str, number: int, error: str | None, crop,
+                      frames: int | None, seconds: float | None = None) -> None:
+        """One file's end, in the database and the metrics; with the job's last, the
+        job's (and its webhook, when it has one)."""
+        self.store.finish_file(key, number, error, crop, frames)
+        self.metrics.file_done(kind, error is None, seconds)
+        job = self.store.job(key)
+        if job is not None and job.finished is not None:
+            failed = sum(f.state == "failed" for f in job.files)
+            self.metrics.job_done(kind, len(job.files) - failed, failed)
+            self._hook(job)
+
+    def _hook(self, job: JobRow) -> None:
+        url = job.params.get("webhook_url", "").strip()
+        if url and job.finished is not None:
+            body = json.dumps(self.answer(job.uuid)).encode()
+            self.deliverer.add(job.uuid, url, body, job.finished + self.keep)
 
     def _loop(self) -> None:
         from bgrm.image import release_backgrounds
@@ -239,7 +340,10 @@ class Service:
 
     def close(self, grace: float = 10.0) -> bool:
         """Take no more work; wait up to ``grace`` s for the files under way. Files
-        not finished stay queued for the next start; their temporaries are removed."""
+        not finished stay queued for the next start; their temporaries are removed;
+        webhooks not delivered are sent by the next start."""
+        self.state = "stopping"
+        self.deliverer.close(min(2.0, grace))
         closer = threading.Thread(target=self.runner.close, daemon=True)
         closer.start()
         deadline = time.monotonic() + grace
@@ -253,6 +357,7 @@ class Service:
             self.abandoned = True
         else:
             self.store.close()
+            self.outbox.close()
             self._lock.close()  # the data dir is free for the next server
         return done
 
@@ -267,29 +372,41 @@ class Service:
         return key, folder
 
     def accept(self, key: str, folder: Path, form: Form) -> None:
-        """A fully uploaded request -> a queued job (or a BgrmError: nothing kept)."""
+        """A fully uploaded request -> a queued job (or a BgrmError: nothing kept).
+        Its ``image_url``s are fetched here; one that fails fails its file alone."""
         backgrounds = {u.field: u.path for u in form.files if u.field in BACKGROUND_FIELDS}
         inputs = [u for u in form.files if u.field not in BACKGROUND_FIELDS]
-        if not inputs:
+        urls, webhook = form.urls, form.fields.get("webhook_url", "").strip()
+        if not inputs and not urls:
             raise ParameterError("no files: send them as multipart file fields "
-                                 "(files, or file[0], file[1]...)")
+                                 "(files, or file[0], file[1]...), or image_url fields")
+        if len(inputs) + len(urls) > self.limits.max_files:
+            raise FormError(f"more than {self.limits.max_files} files in one request (this "
+                            "server's --max-files); send them in several requests", 413)
         job, opts = request_options(form.fields, backgrounds, self.operator_models)
         model = model_for(opts, self.operator_models)
-        ext = JOBS[job].output_extension(opts)
-        rows, taken = [], set()
-        for n, upload in enumerate(inputs):
-            stem, filename, k = Path(upload.name).stem or "file", "", 1
-            while not filename or filename in taken:
-                filename = f"{stem}_processed{'' if k == 1 else f'_{k}'}.{ext}"
-                k += 1
-            taken.add(filename)
-            rows.append(FileRow(n, upload.name, filename, str(upload.path.relative_to(folder)),
-                                f"out/{n}_processed.{ext}", "queued", None, None))
+        for url, field in [*((u, "image_url") for u in urls), (webhook, "webhook_url")]:
+            if url:
+                try:
+                    fetch.check(url, self.policy, field=field)
+                except fetch.URLRefused as exc:
+                    raise ParameterError(str(exc)) from None
+        budget = self.limits.max_upload - sum(u.size for u in form.files)
+        fetched = fetch_inputs(folder / "in", urls, len(form.files), budget, self.policy)
+        inputs += [upload for upload, _ in fetched]
+        rows = _rows(inputs, folder, JOBS[job].output_extension(opts))
         params = {**form.fields, **{k: str(p.relative_to(folder)) for k, p in backgrounds.items()}}
-        tasks = self._tasks(job, opts, model, folder, rows)
+        failed = {len(inputs) - len(fetched) + i: error for i, (_, error) in enumerate(fetched)
+                  if error}
+        tasks = self._tasks(job, opts, model, folder, [r for r in rows if r.number not in failed])
         self.store.add(key, job, params, rows)
-        with contextlib.suppress(RuntimeError):  # closing: the next start runs it
-            self.runner.submit(tasks, _Recorder(self, key, tasks), key=key, forget=True)
+        self.metrics.upload_bytes.inc(sum(u.size for u in inputs) + sum(
+            u.size for u in form.files if u.field in BACKGROUND_FIELDS))
+        for number, error in failed.items():
+            self.file_finished(key, job, number, error, None, None)
+        if tasks:
+            with contextlib.suppress(RuntimeError):  # closing: the next start runs it
+                self.runner.submit(tasks, _Recorder(self, key, tasks), key=key, forget=True)
 
     def _tasks(self, job: str, opts, model, folder: Path, rows) -> dict[int, Task]:
         settings = self.settings
@@ -318,6 +435,13 @@ class Service:
                 shutil.rmtree(folder, ignore_errors=True)
         for key in self.store.uuids(unfinished=True):
             self._resume(self.store.job(key))
+        for key in self.store.uuids(finished_before=time.time()):
+            # Finished as the last process ended, its webhook perhaps not yet queued
+            # (a delivery already queued, or made, is left as it is).
+            job = self.store.job(key)
+            if job is not None and job.params.get("webhook_url") \
+                    and self.outbox.get(key) is None:
+                self._hook(job)
 
     def _resume(self, job: JobRow) -> None:
         folder = self.jobs_dir / job.uuid
@@ -330,7 +454,8 @@ class Service:
                                 queued)
         except BgrmError as exc:  # a model removed since: its files fail, with the reason
             for f in queued:
-                self.store.finish_file(job.uuid, f.number, f"{f.name}: {self.scrub(str(exc))}")
+                self.file_finished(job.uuid, job.kind, f.number,
+                                   f"{f.name}: {self.scrub(str(exc))}", None, None)
             return
         for number, task in list(tasks.items()):
             held = held_path(task.dst, job.uuid, number)
@@ -338,7 +463,7 @@ class Service:
                 if held.exists():  # finished, not yet moved into place
                     commit(held, task.dst)
             if task.dst.exists():  # whole: only ever renamed into place
-                self.store.finish_file(job.uuid, number, None)
+                self.file_finished(job.uuid, job.kind, number, None, None, None)
                 del tasks[number]
         for path in (folder / "out").glob(f"*{TMP_MARK}*"):
             remove_tmp(path)  # half-written by the process that crashed
@@ -356,6 +481,7 @@ class Service:
         for key in old:
             try:
                 self.runner.cancel(key)
+                self.outbox.forget(key)
                 self.store.delete(key)
                 self.frames.pop(key, None)
                 shutil.rmtree(self.jobs_dir / key)
@@ -368,6 +494,19 @@ class Service:
         """Bytes a new upload may take before the disk's free space falls below the
         reserve (negative: already below)."""
         return shutil.disk_usage(self.root).free - self.limits.min_free
+
+    def model_choices(self) -> dict[str, dict[str, str]]:
+        """The models a request may name, with what a client may know of each (never
+        a path): the registry's and this server's own."""
+        choices = {}
+        for name in SEGMENTATION_MODELS:
+            spec = REGISTRY[name]
+            choices[name] = {"family": spec.family, "licence": spec.licence,
+                             "status": status(spec).status}
+        for name, model in self.operator_models.items():
+            choices[name] = {"family": model.spec.family, "licence": "the operator's",
+                             "status": "operator"}
+        return choices
 
     # -- answers ------------------------------------------------------------------------
 

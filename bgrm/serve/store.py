@@ -100,6 +100,12 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
+    def check_writable(self) -> None:
+        """Raise when a write cannot be made now (a read-only or broken database)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+
     def add(self, uuid: str, kind: str, params: dict, files: list[FileRow]) -> None:
         self._write(
             ("INSERT INTO jobs (uuid, kind, params, created) VALUES (?, ?, ?, ?)",

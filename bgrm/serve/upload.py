@@ -44,10 +44,19 @@ class Upload:
     size: int = 0
 
 
+# Text fields that may come several times, each value kept (remove.bg's name).
+LIST_FIELDS = ("image_url",)
+
+
 @dataclass
 class Form:
     fields: dict[str, str] = field(default_factory=dict)
     files: list[Upload] = field(default_factory=list)
+    lists: dict[str, list[str]] = field(default_factory=dict)  # LIST_FIELDS' values
+
+    @property
+    def urls(self) -> list[str]:
+        return [u.strip() for u in self.lists.get("image_url", []) if u.strip()]
 
 
 def safe_name(raw: bytes | str) -> str:
@@ -148,7 +157,11 @@ class _Parts:
             self._file.close()
             self._file = None
         elif self._text is not None:
-            self.form.fields[self._field] = self._text.decode("utf-8", errors="replace")
+            value = self._text.decode("utf-8", errors="replace")
+            if self._field in LIST_FIELDS:
+                self.form.lists.setdefault(self._field, []).append(value)
+            else:
+                self.form.fields[self._field] = value
             self._text = None
 
     def _count(self, n: int) -> None:
