@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -89,18 +88,18 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     elif not data:
         raise InputError(f"{name}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # bomb size is checked below, by us
-            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
-                check_size(opened.size, name)
-                note = _frames_note(opened, name)
-                if note:
-                    notes.append(note)
-                opened.load()
-                icc = _rgb_profile(opened)
-                im = ImageOps.exif_transpose(opened)
-                if im is opened:
-                    im = opened.copy()
+        # Pillow's warnings (a bomb's size, a damaged block) are left to the host's
+        # filters: bgrm checks sizes itself, and the command line silences them.
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
+            check_size(opened.size, name)
+            note = _frames_note(opened, name)
+            if note:
+                notes.append(note)
+            opened.load()
+            icc = _rgb_profile(opened)
+            im = ImageOps.exif_transpose(opened)
+            if im is opened:
+                im = opened.copy()
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -145,9 +144,7 @@ def from_picture(im: Image.Image, name: str = "<image>") -> Decoded:
     file: turned upright by its EXIF orientation, 8-bit RGB, its own alpha."""
     check_size(im.size, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # as in decode: bgrm's size limit holds
-            im.load()  # a lazily opened file is read here, not halfway through
+        im.load()  # a lazily opened file is read here, not halfway through
     except Exception as exc:  # noqa: BLE001 - as in decode: Pillow's parsers' errors
         raise InputError(f"{name}: corrupt or truncated image ({first_line(exc)})") from exc
     return _to_decoded(ImageOps.exif_transpose(im), name, [], _rgb_profile(im))
@@ -171,9 +168,7 @@ def _to_decoded(im: Image.Image, name: str, notes: list[str], icc: bytes | None)
 
 def _exif_without_orientation(im: Image.Image) -> bytes | None:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # as in decode: a damaged block is dropped
-            exif = im.getexif()
+        exif = im.getexif()
         exif.pop(_ORIENTATION, None)
         return exif.tobytes() if len(exif) else None
     except Exception:  # noqa: BLE001 - a damaged EXIF block is dropped, not the photo
@@ -257,10 +252,7 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     if opts.edges.crop:
         box = edges.crop_box(edges.subject_box(alpha), opts.edges.crop_margin,
                              (rgb.shape[1], rgb.shape[0]))
-        with warnings.catch_warnings():
-            # Pillow's bomb warning counts the box's pixels, already within MAX_PIXELS.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = picture.crop(box)
+        picture = picture.crop(box)
         # process_file reports it (--json); the PNG encoder ignores unknown info keys.
         picture.info[CROP_BOX] = box
     if decoded.icc_profile and not opts.only_mask:

@@ -22,137 +22,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
-from bgrm import __version__
 from bgrm.errors import BgrmError, ClusterError, ParameterError
 from bgrm.report import Result
-from bgrm.run import Done, Emit, Executor, Progress, timed_out
+from bgrm.run.base import Done, Emit, Executor, Progress, run_task, timed_out
+from bgrm.run.dasktools import (
+    PLUGIN_NAME,
+    PROGRESS_EVERY_S,
+    RETRIES,
+    TOPIC,
+    ModelCache,
+    failure,
+    plugin,
+    require_dask,
+    version_mismatch,
+)
+from bgrm.version import __version__
 
-try:
-    from distributed import WorkerPlugin
-except ImportError as exc:  # the optional extra is not installed
-    WorkerPlugin = object  # type: ignore[assignment,misc]
-    _MISSING: ImportError | None = exc
-else:
-    _MISSING = None
-
-PLUGIN_NAME = "bgrm-models"
-TOPIC = "bgrm-progress"  # one shared topic: the scheduler keeps a bounded log per topic
-RETRIES = 2  # for an exception escaping a task; lost workers are Dask's allowed-failures
-PROGRESS_EVERY_S = 0.25  # at most this often per task, so long videos do not flood
 MIN_IN_FLIGHT = 64  # tasks submitted ahead; more with more worker threads
-
-
-def require_dask() -> None:
-    if _MISSING is not None:
-        raise ParameterError("--scheduler needs Dask distributed, which is not installed "
-                             f"({_MISSING}); install it with: pip install 'bgrm[dask]'")
-
-
-# -- on the workers ----------------------------------------------------------------------
-
-
-class ModelCache(WorkerPlugin):
-    """One segmenter per model, device and thread count on each worker.
-
-    ``segment.get_segmenter`` already caches per process (a Dask worker is one
-    process); this plugin adds what a long-lived, multi-threaded worker needs:
-    re-resolving the model where the worker is, loading it once under a lock
-    when several task threads start together, noticing a model file replaced
-    on disk between runs, and freeing the sessions when the plugin goes.
-    """
-
-    name = PLUGIN_NAME
-    idempotent = True  # a later run reuses the workers' loaded models
-
-    def setup(self, worker) -> None:
-        state = getattr(worker, "state", None)
-        self.nthreads = getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)
-        self._lock = threading.Lock()
-        self._stamps: dict[str, tuple | None] = {}  # model path -> its file when loaded
-        self._resolved: dict[str, tuple] = {}  # registry name -> (ResolvedModel, stamp)
-
-    def teardown(self, worker) -> None:
-        from bgrm import segment
-
-        for path in list(self._stamps):
-            _forget(segment, path)
-        self._stamps.clear()
-        self._resolved.clear()
-
-    def runtime(self, runtime):
-        """``runtime`` as this worker runs it: its model file, its thread count."""
-        from bgrm.segment import get_segmenter
-
-        if runtime.threads:
-            threads = runtime.threads
-        else:
-            from dask.system import CPU_COUNT
-
-            # Task threads share the cores: each session gets its share.
-            threads = max(1, CPU_COUNT // max(1, self.nthreads))
-        with self._lock:
-            model = runtime.model
-            if not model.custom:
-                model = self._resolve(model.spec.name)
-            runtime = replace(runtime, model=model, threads=threads)
-            stamp = _stamp(model.path)
-            if self._stamps.get(str(model.path), stamp) != stamp:
-                from bgrm import segment
-
-                _forget(segment, str(model.path))  # replaced on disk since it was loaded
-            self._stamps[str(model.path)] = stamp
-            with contextlib.suppress(Exception):
-                # Errors are left to run_task, which reports them as a local run does.
-                get_segmenter(model, runtime.device, threads, runtime.spinning)
-        return runtime
-
-    def _resolve(self, name: str):
-        """``models.resolve(name)`` on this worker, its md5 check done once per file."""
-        from bgrm.models import REGISTRY, installed_path, resolve
-
-        installed = installed_path(REGISTRY[name])
-        hit = self._resolved.get(name)
-        if hit is not None:
-            model, stamp = hit
-            # Still the file resolve would pick (an install wins over the
-            # bundled copy), and unchanged since it was checked.
-            if (model.path == installed or not installed.is_file()) and \
-                    stamp is not None and _stamp(model.path) == stamp:
-                return model
-        model = resolve(name)
-        self._resolved[name] = (model, _stamp(model.path))
-        return model
-
-
-def _stamp(path: Path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def _forget(segment, path: str) -> None:
-    for key in [k for k in segment._CACHE if k[0] == path]:
-        del segment._CACHE[key]
-
-
-def _plugin(worker) -> ModelCache:
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    if plugin is None:  # registered after this worker's task began: one of its own
-        plugin = ModelCache()
-        plugin.setup(worker)
-        worker.plugins[PLUGIN_NAME] = plugin
-    return plugin
 
 
 def process(task, index: int, run: str, client_version: str):
@@ -160,13 +53,11 @@ def process(task, index: int, run: str, client_version: str):
     from distributed import get_worker
 
     from bgrm.outputs import tmp_name
-    from bgrm.run import run_task
 
     worker = get_worker()
-    if client_version != __version__:
-        return 0, Result(task.name, error=(
-            f"{task.name}: worker {worker.address} runs bgrm {__version__} and this "
-            f"client bgrm {client_version}; install the same version everywhere"))
+    mismatch = version_mismatch(task.name, worker, client_version)
+    if mismatch:
+        return 0, Result(task.name, error=mismatch)
     sent = [0, 0, time.monotonic()]  # done, reported, when
 
     def report(**extra) -> None:
@@ -184,7 +75,7 @@ def process(task, index: int, run: str, client_version: str):
             report()
 
     try:
-        runtime = _plugin(worker).runtime(task.runtime)
+        runtime = plugin(worker).runtime(task.runtime)
     except BgrmError as exc:
         return 0, Result(task.name, error=f"{task.name}: on worker {worker.address}: {exc}")
     result = run_task(replace(task, runtime=runtime), progress)
@@ -226,21 +117,6 @@ def _register(client, address: str) -> None:
         raise ClusterError(f"a worker of {address} cannot load bgrm "
                            f"({type(exc).__name__}: {exc}); every worker needs bgrm and "
                            "its models installed: pip install 'bgrm[dask]'") from None
-
-
-def _failure(task, exc: BaseException) -> Result:
-    kind = type(exc).__name__
-    if kind == "KilledWorker":
-        tries = getattr(exc, "allowed_failures", 0) + 1
-        return Result(task.name, error=f"{task.name}: the worker processing it died, "
-                                      f"{tries} times on different workers (out of memory?)")
-    if kind in ("CancelledError", "FutureCancelledError"):
-        return Result(task.name, error=f"{task.name}: cancelled on the cluster (the scheduler "
-                                      "went away, or the task was cancelled there)")
-    hint = ""
-    if isinstance(exc, ImportError) and "bgrm" in str(exc):
-        hint = " (every worker needs bgrm installed, the same version as here)"
-    return Result(task.name, error=f"{task.name}: failed on the cluster: {kind}: {exc}{hint}")
 
 
 @contextlib.contextmanager
@@ -287,7 +163,7 @@ class Cluster(Executor):
                          f"(dask worker {self.address})")
             # A video longer than --segment-seconds is split into segments over the
             # whole cluster, so one long file does not keep a single worker busy.
-            from bgrm.video.segments_dask import run_long_videos
+            from bgrm.run.splits import run_long_videos
 
             items, long = run_long_videos(items, self.say)
             if items:
@@ -410,7 +286,7 @@ class _Run:
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:  # noqa: BLE001 - cancelled futures raise too
-                    result = _failure(self.tasks[index], exc)
+                    result = failure(self.tasks[index], exc)
                 if index not in self.over:
                     out.append((index, result))
         return out

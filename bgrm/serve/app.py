@@ -24,10 +24,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from bgrm import __version__
 from bgrm.errors import BgrmError
 from bgrm.serve.jobs import Service
 from bgrm.serve.upload import FormError, read_form
+from bgrm.version import __version__
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_SMALL_BODY = 64 * 1024  # a /v1/results/ request: a uuid
