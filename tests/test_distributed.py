@@ -376,11 +376,14 @@ def test_files_running_when_the_scheduler_is_lost_are_never_written(tmp_path, fi
         [failed] = json.loads(stdout)["failed"]
         assert failed["filename"] == "slow.png"
         assert not (marks / "ended").exists()  # reported while the worker was still on it
-        # The worker goes on, finishes the file, and must not write it now.
-        deadline = time.monotonic() + 30
-        while not (marks / "ended").exists() and time.monotonic() < deadline:
+        # The worker goes on, finishes the file, and must not write it now: it
+        # leaves it under its held name (which only the client moves into place).
+        deadline = time.monotonic() + 90
+        while not [p for p in (out.iterdir() if out.is_dir() else ())
+                   if "held" in p.name or p.name == "slow_processed.png"]:
+            assert time.monotonic() < deadline, "the worker never finished the file"
             time.sleep(0.1)
-        time.sleep(3)  # the mask, the PNG and the rename it would do
+        assert (marks / "ended").exists()
         assert not (out / "slow_processed.png").exists()
     finally:
         for proc in (worker, scheduler):

@@ -137,7 +137,11 @@ def test_hung_file_times_out_alone_and_is_never_written(tmp_path, fixtures, quic
     assert heard.units == 3  # one per image written
     # The hung file, let go now (a thread cannot be stopped), is never written.
     hanging_decode.set()
-    time.sleep(1.5)
+    # Its thread (Threads) finishes the file now and drops it as it ends.
+    deadline = time.monotonic() + 60
+    while any(t.name.startswith("bgrm-file-") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the hung file's thread never ended"
+        time.sleep(0.05)
     assert sorted(_names(tasks[0].dst.parent)) == ["a_processed.png", "c_processed.png",
                                                    "d_processed.png"]
 

@@ -249,9 +249,10 @@ def test_ctrl_c_leaves_no_parts(fixtures, tmp_path, cluster):
     proc.communicate(timeout=120)
     assert hit is not None
     assert proc.returncode == 130
-    deadline = time.monotonic() + 30
-    while client.processing() and any(client.processing().values()) \
-            and time.monotonic() < deadline:
+    # A cancelled task's thread runs on until it stops by itself: wait until no
+    # worker thread runs any task, then nothing can write any more.
+    deadline = time.monotonic() + 60
+    while any(client.run(lambda dask_worker: len(dask_worker.active_threads)).values()):
+        assert time.monotonic() < deadline, "a segment never stopped"
         time.sleep(0.2)
-    time.sleep(1)
     assert list(out.iterdir()) == []
