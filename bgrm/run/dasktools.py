@@ -1,5 +1,5 @@
 """What the Dask client and its workers share, for whole files (``cluster``) and
-long videos' segments (``segments``): the event topic, the workers' model
+long videos' segments (``splits``): the event topic, the workers' model
 cache, the version check and the failure messages.
 """
 
@@ -27,7 +27,10 @@ PLUGIN_NAME = "bgrm-models"
 TOPIC = "bgrm-progress"  # one shared topic: the scheduler keeps a bounded log per topic
 RETRIES = 2  # for an exception escaping a task; lost workers are Dask's allowed-failures
 PROGRESS_EVERY_S = 0.25  # at most this often per task, so long videos do not flood
+
+
 def require_dask() -> None:
+    """A ParameterError that says what to install, when Dask distributed is missing."""
     if _MISSING is not None:
         raise ParameterError("--scheduler needs Dask distributed, which is not installed "
                              f"({_MISSING}); install it with: pip install 'bgrm[dask]'")
@@ -60,7 +63,7 @@ class ModelCache(WorkerPlugin):
         from bgrm import segment
 
         for path in list(self._stamps):
-            forget(segment, path)
+            _forget(segment, path)
         self._stamps.clear()
         self._resolved.clear()
 
@@ -84,7 +87,7 @@ class ModelCache(WorkerPlugin):
             if self._stamps.get(str(model.path), stamp) != stamp:
                 from bgrm import segment
 
-                forget(segment, str(model.path))  # replaced on disk since it was loaded
+                _forget(segment, str(model.path))  # replaced on disk since it was loaded
             self._stamps[str(model.path)] = stamp
             with contextlib.suppress(Exception):
                 # Errors are left to run_task, which reports them as a local run does.
@@ -117,7 +120,7 @@ def _stamp(path: Path) -> tuple | None:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def forget(segment, path: str) -> None:
+def _forget(segment, path: str) -> None:
     for key in [k for k in segment._CACHE if k[0] == path]:
         del segment._CACHE[key]
 
