@@ -88,9 +88,7 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     elif not data:
         raise InputError(f"{name}: empty file (0 bytes)")
     try:
-        # Pillow's warnings (a bomb's size, a damaged block) are left to the host's
-        # filters: bgrm checks sizes itself, and the command line silences them.
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
+        with _open(data, name) as opened:
             check_size(opened.size, name)
             note = _frames_note(opened, name)
             if note:
@@ -121,22 +119,47 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     return _to_decoded(im, name, notes, icc)
 
 
+def _open(data: bytes | Path, name: str) -> Image.Image:
+    """``Image.open``, but a picture between Pillow's bomb warning and bgrm's own
+    limit (checked here) is opened by its format's reader directly: that warning
+    is raised in Image.open itself. The warnings filters are never touched: they
+    are the host's, and swapping them is not thread safe. Other warnings of
+    Pillow's (a damaged block) are the host's to see; the command line's
+    process silences them."""
+    if Image.MAX_IMAGE_PIXELS is not None:
+        size = _header_size(data)
+        if size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
+            check_size(size, name)
+            opened = _by_reader(io.BytesIO(data if isinstance(data, bytes) else
+                                           data.read_bytes()))
+            if opened is not None:
+                return opened
+    return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+
+
+def _by_reader(fp) -> Image.Image | None:
+    """The picture in ``fp`` as the first format reader that takes it opens it
+    (lazily, and without Image.open's bomb check), or None."""
+    Image.init()  # every reader registered (once per process)
+    prefix = fp.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        said = accept(prefix) if accept else True
+        if not said or isinstance(said, str):
+            continue
+        try:
+            fp.seek(0)
+            return factory(fp, "")
+        except Exception:  # noqa: BLE001, S112 - not this format: try the next
+            continue
+    return None
+
+
 def _header_size(data: bytes | Path) -> tuple[int, int]:
-    """The size a file's header announces, for one Pillow refused as a bomb: its
-    check runs in Image.open, not in the format readers tried here."""
+    """The size a file's header announces, read without Image.open's bomb check."""
     with io.BytesIO(data) if isinstance(data, bytes) else data.open("rb") as fp:
-        prefix = fp.read(16)
-        for fmt in Image.ID:
-            factory, accept = Image.OPEN[fmt]
-            said = accept(prefix) if accept else True
-            if not said or isinstance(said, str):
-                continue
-            try:
-                fp.seek(0)
-                return factory(fp, "").size
-            except Exception:  # noqa: BLE001, S112 - not this format: try the next
-                continue
-    return (0, 0)
+        opened = _by_reader(fp)
+        return opened.size if opened is not None else (0, 0)
 
 
 def from_picture(im: Image.Image, name: str = "<image>") -> Decoded:
@@ -252,7 +275,9 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     if opts.edges.crop:
         box = edges.crop_box(edges.subject_box(alpha), opts.edges.crop_margin,
                              (rgb.shape[1], rgb.shape[0]))
-        picture = picture.crop(box)
+        # Sliced, not Image.crop: Pillow's bomb warning would count the box's
+        # pixels, already within bgrm's limit.
+        picture = Image.fromarray(np.asarray(picture)[box[1]:box[3], box[0]:box[2]])
         # process_file reports it (--json); the PNG encoder ignores unknown info keys.
         picture.info[CROP_BOX] = box
     if decoded.icc_profile and not opts.only_mask:
