@@ -4,7 +4,9 @@ An ``Executor`` runs tasks somewhere: in this thread (``local.Inline``), on
 threads of this process (``local.Threads``), on worker processes
 (``processes.Processes``) or on a Dask cluster (``cluster.Cluster``). Each one
 only starts tasks and emits what happens (``Progress``, ``Done``); what they
-share is here, once, in ``Runner`` (``Executor.run`` is one job on one):
+share is in ``run.base``, once, in ``Runner`` (``Executor.run`` is one job on
+one), and each file is ``run_task`` with the work it is handed (by default
+``process_task``: the file through ``bgrm.filejobs``):
 
 - jobs come as they come (``submit``, ``cancel``, ``close``), results are tied
   to a job and a file number, and ``--skip-existing`` is decided at submit;

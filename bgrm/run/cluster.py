@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from bgrm.run.dasktools import (
     PROGRESS_EVERY_S,
     RETRIES,
     TOPIC,
+    Events,
     ModelCache,
     failure,
     plugin,
@@ -188,7 +188,7 @@ class _Run:
         self.cluster, self.client, self.tasks, self.emit = cluster, cluster._client, tasks, emit
         self.futures = cluster._futures
         self.run = uuid.uuid4().hex
-        self.events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
+        self.events = Events(self.client, self.run)
         self.reported = dict.fromkeys(tasks, 0)  # progress forwarded: retries never count twice
         self.tmps: dict[int, set[str]] = {i: set() for i in tasks}  # each attempt's temporary
         self.running: dict[int, tuple[str, float]] = {}  # index -> (worker, since) for --timeout
@@ -197,7 +197,7 @@ class _Run:
         self.window = [MIN_IN_FLIGHT, 0.0]  # tasks to keep submitted ahead, when last sized
 
     def loop(self) -> None:
-        self.client.subscribe_topic(TOPIC, self._on_event)
+        self.events.open()
         failed: set[int] = set()
         try:
             self._submit()
@@ -209,18 +209,12 @@ class _Run:
                     self.emit(Done(index, result))
                 self._submit()
         finally:
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(TOPIC)
+            self.events.close()
         # Temporaries of attempts whose worker died before cleaning up after
         # itself: a finished attempt renamed or removed its own.
         for index, names in self.tmps.items():
             if len(names) > 1 or index in failed:
                 self.cluster.leftovers.update(names)
-
-    def _on_event(self, event) -> None:
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("run") == self.run:
-            self.events.put(("progress", msg))
 
     def _submit(self) -> None:
         if time.monotonic() - self.window[1] > 5:  # workers come and go
@@ -234,7 +228,7 @@ class _Run:
             future = self.client.submit(process, task, index, self.run, __version__,
                                         key=f"bgrm-{task.job}-{self.run}-{index}",
                                         retries=RETRIES, pure=False)
-            future.add_done_callback(lambda f, i=index: self.events.put(("done", i)))
+            self.events.watch(future, index)
             self.futures[index] = future
             count -= 1
             if count <= 0:
@@ -247,14 +241,7 @@ class _Run:
         if timeout and self.running:
             wait_s = max(0.0, min(t for _, t in self.running.values()) + timeout
                          - time.monotonic())
-        try:
-            batch = [self.events.get(timeout=wait_s)]
-        except queue.Empty:
-            return []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                batch.append(self.events.get_nowait())
-        return batch
+        return self.events.next(wait_s)
 
     def _next(self) -> list[tuple[int, Result]]:
         """Results finished (or timed out) since the last call."""

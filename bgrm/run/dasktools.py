@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -133,6 +134,48 @@ def plugin(worker) -> ModelCache:
         plugin.setup(worker)
         worker.plugins[PLUGIN_NAME] = plugin
     return plugin
+
+
+class Events:
+    """The client's one event pump, for a batch of files and a long video's segments
+    alike: one run's progress reports (the shared topic, picked out by run id) and
+    its futures' completions, in one queue filled on the client's event loop thread.
+
+    Events are ``("progress", {"i": index, "n": units done, ...})`` and
+    ``("done", index)``.
+    """
+
+    def __init__(self, client, run: str):
+        self.client, self.run = client, run
+        self._queue: queue.Queue = queue.Queue()
+
+    def open(self) -> None:
+        self.client.subscribe_topic(TOPIC, self._on_event)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # the scheduler may be gone
+            self.client.unsubscribe_topic(TOPIC)
+
+    def _on_event(self, event) -> None:
+        msg = event[1]
+        if isinstance(msg, dict) and msg.get("run") == self.run:
+            self._queue.put(("progress", msg))
+
+    def watch(self, future, index: int) -> None:
+        """A ``("done", index)`` event when ``future`` finishes, however it does."""
+        future.add_done_callback(lambda f: self._queue.put(("done", index)))
+
+    def next(self, timeout: float | None) -> list[tuple[str, object]]:
+        """The events ready now, waiting up to ``timeout`` seconds (None: for ever)
+        for the first; [] when none came in time."""
+        try:
+            batch = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                batch.append(self._queue.get_nowait())
+        return batch
 
 
 def version_mismatch(name: str, worker, client_version: str) -> str | None:

@@ -15,7 +15,6 @@ atomically: it is there whole, or not at all.
 from __future__ import annotations
 
 import contextlib
-import queue
 import shutil
 import time
 import uuid
@@ -30,6 +29,7 @@ from bgrm.run.dasktools import (
     PROGRESS_EVERY_S,
     RETRIES,
     TOPIC,
+    Events,
     failure,
     plugin,
     version_mismatch,
@@ -139,14 +139,9 @@ class _Split:
         self.client, self.task, self.plan, self.progress = client, task, plan, progress
         self.run = uuid.uuid4().hex
         self.folder = parts_folder(task.dst, self.run)
-        self.events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
+        self.events = Events(client, self.run)
         self.reported = dict.fromkeys(range(len(plan.spans)), 0)  # retries never count twice
         self.futures: dict[int, object] = {}
-
-    def on_event(self, event) -> None:
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("run") == self.run:
-            self.events.put(("progress", msg["i"], msg["n"]))
 
     def advance(self, i: int, n: int) -> None:
         if n > self.reported[i]:
@@ -156,12 +151,12 @@ class _Split:
     def submit(self) -> None:
         """The parts folder, the progress subscription, one task per segment."""
         self.folder.mkdir(parents=True)
-        self.client.subscribe_topic(TOPIC, self.on_event)
+        self.events.open()
         for span in self.plan.spans:
             future = self.client.submit(make_part, self.task, self.folder, span, self.run,
                                         __version__, key=f"bgrm-segment-{self.run}-{span.index}",
                                         retries=RETRIES, pure=False)
-            future.add_done_callback(lambda f, i=span.index: self.events.put(("done", i, 0)))
+            self.events.watch(future, span.index)
             self.futures[span.index] = future
 
     def wait(self, timeout: float | None) -> tuple[list[segments.Part], Result | None]:
@@ -171,21 +166,23 @@ class _Split:
         error = None
         until = None if not timeout else time.monotonic() + timeout
         while self.futures and error is None:
-            try:
-                what, i, n = self.events.get(timeout=None if until is None else
-                                             max(0.0, until - time.monotonic()))
-            except queue.Empty:
+            ready = self.events.next(None if until is None else
+                                     max(0.0, until - time.monotonic()))
+            if not ready:
                 return parts, timed_out(self.task, timeout)
-            if what == "progress":
-                self.advance(i, n)
-                continue
-            future = self.futures.pop(i, None)
-            if future is None:
-                continue
-            part, error = self.settle(future)
-            if part is not None:
-                self.advance(i, part.count)
-                parts.append(part)
+            for what, payload in ready:
+                if error is not None:
+                    break  # the video is given up: the rest is not counted
+                if what == "progress":
+                    self.advance(payload["i"], payload["n"])
+                    continue
+                future = self.futures.pop(payload, None)
+                if future is None:
+                    continue
+                part, error = self.settle(future)
+                if part is not None:
+                    self.advance(payload, part.count)
+                    parts.append(part)
         return parts, None if error is None else Result(self.task.name, error=error)
 
     def settle(self, future) -> tuple[segments.Part | None, str | None]:
@@ -212,6 +209,5 @@ class _Split:
         # next report (their folder is gone), those not started never start.
         with contextlib.suppress(Exception):
             self.client.cancel(list(self.futures.values()))
-        with contextlib.suppress(Exception):
-            self.client.unsubscribe_topic(TOPIC)
+        self.events.close()
         shutil.rmtree(self.folder, ignore_errors=True)
