@@ -193,8 +193,8 @@ def test_cli_timeout_fails_the_hung_file_alone(tmp_path, env, fixtures, jobs, qu
     assert (out / "a_processed.png").read_bytes() == (out / "c_processed.png").read_bytes()
 
 
-def test_timeout_must_be_positive(bgrm, fixtures, tmp_path):
-    proc = bgrm("image", fixtures / "chelsea.png", "-o", tmp_path, "--timeout", "0")
+def test_timeout_must_be_positive(cli, fixtures, tmp_path):
+    proc = cli("image", fixtures / "chelsea.png", "-o", tmp_path, "--timeout", "0")
     assert proc.returncode == 2 and b"--timeout" in proc.stderr
 
 
