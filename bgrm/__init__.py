@@ -4,8 +4,7 @@
 dst, **params)`` for a file, ``bgrm.Session`` to keep a model loaded; see bgrm.api.
 """
 
-__version__ = "0.1.0"
-
-from bgrm.api import Session, remove, remove_video  # noqa: E402 - light: no model loaded
+from bgrm.api import Session, remove, remove_video  # light: no model loaded
+from bgrm.version import __version__
 
 __all__ = ["Session", "remove", "remove_video", "__version__"]

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from bgrm.errors import ModelError, ParameterError
+from bgrm.errors import ParameterError
+from bgrm.filejobs import JOBS as JOBS  # re-exported: the doors name extensions by it
+from bgrm.filejobs import Progress, write_file
 from bgrm.options import ImageOptions, VideoOptions, from_params
 
 if TYPE_CHECKING:
@@ -30,56 +31,6 @@ if TYPE_CHECKING:
 
     from bgrm.models import ResolvedModel
     from bgrm.report import Processed
-
-Progress = Callable[[int], None]
-
-
-class Job(Protocol):
-    """What each job (``image``, ``video``) provides, for one input file at a time."""
-
-    name: str  # "image" | "video", as in the commands and the PARAMS table's jobs
-
-    def output_extension(self, opts) -> str:
-        """The extension of the files this job writes with ``opts``."""
-
-    def process_file(self, src: Path, dst: Path, opts, segmenter,
-                     progress: Progress | None = None) -> Processed:
-        """Write ``src`` processed to ``dst`` atomically; return its notes for the
-        user (and ``--crop``'s box).
-
-        ``progress(n)`` hears about units done (the file, or frames); any
-        failure is raised, as a ``BgrmError`` when the user can fix it.
-        """
-
-
-class _ImageJob:
-    name = "image"
-
-    def output_extension(self, opts: ImageOptions) -> str:
-        return opts.format
-
-    def process_file(self, src, dst, opts, segmenter, progress=None) -> Processed:
-        from bgrm import image
-
-        return image.process_file(src, dst, opts, segmenter, progress)
-
-
-class _VideoJob:
-    name = "video"
-
-    def output_extension(self, opts: VideoOptions) -> str:
-        from bgrm.video.formats import FORMATS
-
-        return FORMATS[opts.video_format].ext  # "": a folder (PNG sequence)
-
-    def process_file(self, src, dst, opts, segmenter, progress=None) -> Processed:
-        from bgrm.video import pipeline
-
-        return pipeline.process_file(src, dst, opts, segmenter, progress)
-
-
-JOBS: dict[str, Job] = {"image": _ImageJob(), "video": _VideoJob()}
-
 
 def _options(job: str, params: dict[str, Any]) -> ImageOptions | VideoOptions:
     return from_params(job, {k: v for k, v in params.items() if v is not None})
@@ -158,12 +109,7 @@ class Session:
     def write(self, job: str, src: Path, dst: Path, opts, progress: Progress | None = None
               ) -> Processed:
         """One input file -> one output file with options already built (the CLI's way in)."""
-        check_destination(job, src, dst, opts)
-        try:
-            return JOBS[job].process_file(src, dst, opts, self.segmenter, progress)
-        except ModelError as exc:
-            # The model failed on this file only (its graph was checked at load).
-            raise ModelError(f"{src}: {exc}") from exc
+        return write_file(job, src, dst, opts, self.segmenter, progress)
 
     def cut(self, data: Image.Image | bytes, opts: ImageOptions, name: str = "<image>"):
         """(picture, decoded) for an image in memory, with options already built:
@@ -180,27 +126,6 @@ def _paths(src: str | Path, dst: str | Path) -> tuple[Path, Path]:
         if not isinstance(value, (str, Path)) or not str(value).strip():
             raise ParameterError(f"{name}: a file name, not {value!r}")
     return Path(src), Path(dst)
-
-
-def check_destination(job: str, src: Path, dst: Path, opts) -> None:
-    """The output rules the command line's naming keeps, for any caller's ``dst``:
-    never the input's own file (same path, a link or a hard link to it), and the
-    extension of the format written (none for a PNG sequence's folder)."""
-    from bgrm.batch import EXTENSIONS
-    from bgrm.outputs import file_keys
-
-    if file_keys(src) & file_keys(dst):
-        raise ParameterError(f"dst {dst}: is the input {src} itself; an output never "
-                             "replaces its input")
-    ext = JOBS[job].output_extension(opts)
-    fmt = f"video_format {opts.video_format}" if job == "video" else f"format {opts.format}"
-    if ext and dst.suffix.lower() != f".{ext}":
-        raise ParameterError(f"dst {dst}: {fmt} writes a .{ext} file, not "
-                             f"{dst.suffix or 'a name without an extension'}")
-    known = {e for exts in EXTENSIONS.values() for e in exts} | {".mov", ".png", ".wav"}
-    if not ext and dst.suffix.lower() in known:
-        raise ParameterError(f"dst {dst}: {fmt} writes a folder of PNG frames, not "
-                             f"a {dst.suffix} file")
 
 
 def remove_with(session: Session, image, opts: ImageOptions):

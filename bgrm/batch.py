@@ -9,14 +9,9 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from bgrm.media import EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from bgrm.outputs import SUFFIX, file_keys, in_sequence, output_of
 from bgrm.report import Result
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif",
-                    ".heic", ".heif", ".hif", ".avif")
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".gif", ".mpg",
-                    ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
-EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 
 
 def expand(inputs: list[str], kind: str, recursive: bool,
@@ -204,8 +199,6 @@ def default_file_threads(kind: str, files: list[Path], matting: bool = False) ->
 
 def _mean_pixels(files: list[Path]) -> float:
     """Mean width x height of ``files``, from their headers (nothing is decoded)."""
-    import warnings
-
     from PIL import Image
 
     sizes = []
@@ -213,10 +206,8 @@ def _mean_pixels(files: list[Path]) -> float:
         try:
             if not stat.S_ISREG(path.stat().st_mode):
                 continue  # a FIFO would block the open; its job refuses it
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(path) as im:
-                    sizes.append(im.width * im.height)
+            with Image.open(path) as im:
+                sizes.append(im.width * im.height)
         except Exception:  # noqa: BLE001, S112 - its own job says what is wrong with it
             continue
     return sum(sizes) / len(sizes) if sizes else 0.0

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from bgrm import __version__
 from bgrm.errors import BgrmError, ExitStatus, ParameterError, first_line, unwind_on_termination
 from bgrm.models_cli import models
 from bgrm.options import (
@@ -25,6 +24,8 @@ from bgrm.options import (
     params_for,
     parse_color,
 )
+from bgrm.stdio import command_line_process
+from bgrm.version import __version__
 
 
 class ColorType(click.ParamType):
@@ -259,13 +260,14 @@ def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, 
 
     service.require()  # before anything of the extra is imported
     from bgrm.serve.jobs import Limits, Settings
+    from bgrm.serve.units import parse_duration, parse_size
 
     settings = Settings(device=device, threads=threads, processes=processes,
                         scheduler=scheduler, timeout=timeout)
-    limits = Limits(max_upload=service.parse_size(max_upload, "--max-upload"),
-                    max_files=max_files, min_free=service.parse_size(min_free, "--min-free"))
+    limits = Limits(max_upload=parse_size(max_upload, "--max-upload"),
+                    max_files=max_files, min_free=parse_size(min_free, "--min-free"))
     service.run(host=host, port=port, api_key=api_key, data_dir=data_dir,
-                keep=service.parse_duration(keep), settings=settings,
+                keep=parse_duration(keep), settings=settings,
                 say=lambda message: click.echo(f"bgrm serve: {message}", err=True),
                 limits=limits, max_models=max_models, allow_private_urls=allow_private_urls,
                 custom_models=[service.parse_custom_model(c) for c in custom_models])
@@ -280,15 +282,23 @@ def _run(ctx, job: str, kwargs: dict) -> None:
     ctx.exit(run_command(job, opts, **kwargs))
 
 
-def main() -> None:
-    """Entry point: map errors and Ctrl-C to exit statuses, in this one place."""
-    show_traceback = "--traceback" in sys.argv
+def main(args: list[str] | None = None) -> None:
+    """Entry point: ``args`` (default: the command line's) run in this process set up
+    as a command line's (``stdio.command_line_process``); exits with its status."""
+    with command_line_process():
+        status = _status(args)
+    sys.exit(int(status or 0))
+
+
+def _status(args: list[str] | None) -> int:
+    """Run the command: errors and Ctrl-C mapped to exit statuses, in this one place."""
+    show_traceback = "--traceback" in (sys.argv if args is None else args)
     # `kill`, `timeout`, a closed terminal: unwind as Ctrl-C does, so that
     # temporary files are removed and workers stopped.
     unwind_on_termination()
     try:
         # prog_name: usage lines read "bgrm image", also under `python -m bgrm`.
-        status = cli.main(standalone_mode=False, prog_name="bgrm")
+        status = cli.main(args, standalone_mode=False, prog_name="bgrm")
     except click.exceptions.Exit as exc:
         status = exc.exit_code
     except click.ClickException as exc:
@@ -319,4 +329,4 @@ def main() -> None:
         click.echo(f"bgrm: internal error: {type(exc).__name__}: {first_line(exc)} "
                    "(run again with --traceback for details)", err=True)
         status = ExitStatus.FAILED
-    sys.exit(int(status or 0))
+    return status

@@ -152,7 +152,7 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     pixel becomes I + (1-a)(F-B), its hue bounded (``_bound_hue``) and background
     left in it removed (``_Spill``); other pixels are unchanged. See docs/edges.md."""
     from bgrm.foreground import estimate
-    from bgrm.matte import _erode, _resize
+    from bgrm.matte import erode, resize
 
     soft = (alpha > 0) & (alpha < 255)
     box = _soft_box(soft)
@@ -168,12 +168,12 @@ def decontaminate(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     sub_rgb, sub_alpha = rgb[top:bottom, left:right], alpha[top:bottom, left:right]
     bw, bh = right - left, bottom - top
     small = (max(1, round(bw * scale)), max(1, round(bh * scale)))
-    small_rgb = _resize(sub_rgb, small, Image.Resampling.BOX if scale < 1
+    small_rgb = resize(sub_rgb, small, Image.Resampling.BOX if scale < 1
                         else Image.Resampling.BILINEAR)
-    small_alpha = _resize(sub_alpha, small)
+    small_alpha = resize(sub_alpha, small)
     # The subject's own colour comes from its opaque pixels a few pixels in
     # from the edge: the mask's outer rim of "opaque" pixels still holds spill.
-    opaque = _erode(small_alpha >= _SUBJECT, _SUBJECT_INSET, border=False)
+    opaque = erode(small_alpha >= _SUBJECT, _SUBJECT_INSET, border=False)
     f, b = estimate(small_rgb / 255.0, small_alpha / 255.0)
     # No (nearly) opaque pixel in the box: no subject colour to bound by but F's own.
     ref = estimate(small_rgb / 255.0, opaque.astype(np.float64))[0] if opaque.any() else f

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -90,18 +89,16 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     elif not data:
         raise InputError(f"{name}: empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # bomb size is checked below, by us
-            with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
-                check_size(opened.size, name)
-                note = _frames_note(opened, name)
-                if note:
-                    notes.append(note)
-                opened.load()
-                icc = _rgb_profile(opened)
-                im = ImageOps.exif_transpose(opened)
-                if im is opened:
-                    im = opened.copy()
+        with _open(data, name) as opened:
+            check_size(opened.size, name)
+            note = _frames_note(opened, name)
+            if note:
+                notes.append(note)
+            opened.load()
+            icc = _rgb_profile(opened)
+            im = ImageOps.exif_transpose(opened)
+            if im is opened:
+                im = opened.copy()
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -123,22 +120,47 @@ def decode(data: bytes | Path, name: str) -> Decoded:
     return _to_decoded(im, name, notes, icc)
 
 
+def _open(data: bytes | Path, name: str) -> Image.Image:
+    """``Image.open``, but a picture between Pillow's bomb warning and bgrm's own
+    limit (checked here) is opened by its format's reader directly: that warning
+    is raised in Image.open itself. The warnings filters are never touched: they
+    are the host's, and swapping them is not thread safe. Other warnings of
+    Pillow's (a damaged block) are the host's to see; the command line's
+    process silences them."""
+    if Image.MAX_IMAGE_PIXELS is not None:
+        size = _header_size(data)
+        if size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
+            check_size(size, name)
+            opened = _by_reader(io.BytesIO(data if isinstance(data, bytes) else
+                                           data.read_bytes()))
+            if opened is not None:
+                return opened
+    return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+
+
+def _by_reader(fp) -> Image.Image | None:
+    """The picture in ``fp`` as the first format reader that takes it opens it
+    (lazily, and without Image.open's bomb check), or None."""
+    Image.init()  # every reader registered (once per process)
+    prefix = fp.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        said = accept(prefix) if accept else True
+        if not said or isinstance(said, str):
+            continue
+        try:
+            fp.seek(0)
+            return factory(fp, "")
+        except Exception:  # noqa: BLE001, S112 - not this format: try the next
+            continue
+    return None
+
+
 def _header_size(data: bytes | Path) -> tuple[int, int]:
-    """The size a file's header announces, for one Pillow refused as a bomb: its
-    check runs in Image.open, not in the format readers tried here."""
+    """The size a file's header announces, read without Image.open's bomb check."""
     with io.BytesIO(data) if isinstance(data, bytes) else data.open("rb") as fp:
-        prefix = fp.read(16)
-        for fmt in Image.ID:
-            factory, accept = Image.OPEN[fmt]
-            said = accept(prefix) if accept else True
-            if not said or isinstance(said, str):
-                continue
-            try:
-                fp.seek(0)
-                return factory(fp, "").size
-            except Exception:  # noqa: BLE001, S112 - not this format: try the next
-                continue
-    return (0, 0)
+        opened = _by_reader(fp)
+        return opened.size if opened is not None else (0, 0)
 
 
 def from_picture(im: Image.Image, name: str = "<image>") -> Decoded:
@@ -146,9 +168,7 @@ def from_picture(im: Image.Image, name: str = "<image>") -> Decoded:
     file: turned upright by its EXIF orientation, 8-bit RGB, its own alpha."""
     check_size(im.size, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # as in decode: bgrm's size limit holds
-            im.load()  # a lazily opened file is read here, not halfway through
+        im.load()  # a lazily opened file is read here, not halfway through
     except Exception as exc:  # noqa: BLE001 - as in decode: Pillow's parsers' errors
         raise InputError(f"{name}: corrupt or truncated image ({first_line(exc)})") from exc
     return _to_decoded(ImageOps.exif_transpose(im), name, [], _rgb_profile(im))
@@ -172,9 +192,7 @@ def _to_decoded(im: Image.Image, name: str, notes: list[str], icc: bytes | None)
 
 def _exif_without_orientation(im: Image.Image) -> bytes | None:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # as in decode: a damaged block is dropped
-            exif = im.getexif()
+        exif = im.getexif()
         exif.pop(_ORIENTATION, None)
         return exif.tobytes() if len(exif) else None
     except Exception:  # noqa: BLE001 - a damaged EXIF block is dropped, not the photo
@@ -273,10 +291,9 @@ def render(decoded: Decoded, opts: ImageOptions, segmenter) -> Image.Image:
     if opts.edges.crop:
         box = edges.crop_box(edges.subject_box(alpha), opts.edges.crop_margin,
                              (rgb.shape[1], rgb.shape[0]))
-        with warnings.catch_warnings():
-            # Pillow's bomb warning counts the box's pixels, already within MAX_PIXELS.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = picture.crop(box)
+        # Sliced, not Image.crop: Pillow's bomb warning would count the box's
+        # pixels, already within bgrm's limit.
+        picture = Image.fromarray(np.asarray(picture)[box[1]:box[3], box[0]:box[2]])
         # process_file reports it (--json); the PNG encoder ignores unknown info keys.
         picture.info[CROP_BOX] = box
     if decoded.icc_profile and not opts.only_mask:

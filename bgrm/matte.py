@@ -22,15 +22,15 @@ _EPSILON = 1e-7
 
 def trimap(mask: np.ndarray, opts: MattingOptions) -> np.ndarray:
     """Mask (uint8) -> trimap (uint8: 0 background, 128 unknown, 255 foreground)."""
-    is_fg = _erode(mask > opts.fg, opts.erode, border=False)
-    is_bg = _erode(mask < opts.bg, opts.erode, border=True)
+    is_fg = erode(mask > opts.fg, opts.erode, border=False)
+    is_bg = erode(mask < opts.bg, opts.erode, border=True)
     out = np.full(mask.shape, 128, dtype=np.uint8)
     out[is_fg] = 255
     out[is_bg] = 0
     return out
 
 
-def _erode(b: np.ndarray, n: int, border: bool) -> np.ndarray:
+def erode(b: np.ndarray, n: int, border: bool) -> np.ndarray:
     """Binary erosion by an n x n square, equal to scipy.ndimage.binary_erosion
     (centred origin, constant ``border``), from a summed-area table.
 
@@ -49,7 +49,8 @@ def _erode(b: np.ndarray, n: int, border: bool) -> np.ndarray:
     return total == n * n
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int], resample=Image.Resampling.BILINEAR):
+def resize(arr: np.ndarray, size: tuple[int, int], resample=Image.Resampling.BILINEAR):
+    """``arr`` (uint8 or bool, HxW or HxWxC) at ``size`` (width, height); as is when it fits."""
     if arr.shape[1] == size[0] and arr.shape[0] == size[1]:
         return arr
     return np.asarray(Image.fromarray(arr).resize(size, resample))
@@ -233,8 +234,8 @@ def matte(rgb: np.ndarray, mask: np.ndarray, opts: MattingOptions):
     h, w = mask.shape
     scale = min(1.0, opts.base_size / max(h, w))
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small_rgb = _resize(rgb, small, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
-    small_mask = _resize(mask, small)
+    small_rgb = resize(rgb, small, Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
+    small_mask = resize(mask, small)
     alpha_s, delta_s = solve(small_rgb, trimap(small_mask, opts), small_mask)
     alpha = np.clip(_resize_float(alpha_s, (w, h)), 0.0, 1.0)
     ys, xs = np.nonzero((alpha > 0.0) & (alpha < 1.0))

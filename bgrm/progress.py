@@ -16,18 +16,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 
-def estimate_frames(path, opts) -> int | None:
-    """Frames ``path`` will give with these video options, from its header."""
-    from bgrm.video.reader import header
-
-    duration, rate = header(path)
-    rate = opts.framerate or rate
-    frames = round(duration * rate) if duration and rate else None
-    if opts.frame_limit is not None:
-        frames = min(frames, opts.frame_limit) if frames is not None else opts.frame_limit
-    return frames
-
-
 class ProgressBar:
     """One bar for a run: ``advance`` per video frame, ``finished`` per file."""
 
@@ -42,6 +30,8 @@ class ProgressBar:
             return
         # Headers are read side by side: a batch of many clips should not wait
         # for them one after another (each is an ffmpeg start, ~50 ms).
+        from bgrm.video.reader import estimate_frames
+
         with ThreadPoolExecutor(4) as pool:
             guesses = list(pool.map(lambda t: estimate_frames(t.src, opts), tasks))
         self._estimate = [g or 0 for g in guesses]  # 0: no header figure, counted as it comes

@@ -10,8 +10,8 @@ Only the model-size copy of a frame is made here: a 1024-input model costs
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import threading
 from collections import OrderedDict
 
@@ -20,6 +20,8 @@ from PIL import Image
 
 from bgrm.errors import ModelError, a_or_an, first_line
 from bgrm.models import ResolvedModel
+
+log = logging.getLogger("bgrm.segment")
 
 
 def _providers(device: str) -> list[str]:
@@ -62,7 +64,7 @@ def _session(model: ResolvedModel, opts, device: str):
         if device == "cuda":
             raise ModelError(f"--device cuda: the CUDA provider failed to load ({why}); "
                              "check the CUDA and cuDNN libraries, or use --device cpu")
-        print(f"bgrm: CUDA is not usable here ({why}); running on the CPU", file=sys.stderr)
+        log.warning("bgrm: CUDA is not usable here (%s); running on the CPU", why)
         return session
 
     try:
@@ -78,8 +80,8 @@ def _session(model: ResolvedModel, opts, device: str):
         if device == "cuda":
             raise ModelError("--device cuda: the CUDA provider failed to load (no GPU, "
                              "or CUDA/cuDNN libraries missing); use --device cpu")
-        print("bgrm: CUDA is not usable here (no GPU, or CUDA/cuDNN libraries missing); "
-              "running on the CPU", file=sys.stderr)
+        log.warning("bgrm: CUDA is not usable here (no GPU, or CUDA/cuDNN libraries missing); "
+                    "running on the CPU")
     return session
 
 
@@ -111,8 +113,8 @@ class Segmenter:
                  spinning: bool = True, lanes: int = 1):
         import onnxruntime as ort
 
-        ort.set_default_logger_severity(3)
         opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # this session's warnings only: the host's logger stays
         opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         if not spinning:

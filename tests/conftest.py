@@ -83,6 +83,34 @@ def bgrm(models_home):
 
 
 @pytest.fixture
+def cli(models_home):
+    """The real `bgrm` command line (``bgrm.cli.main``) in this process, its streams
+    captured by Click's runner: a CompletedProcess like ``bgrm``'s, at a fraction
+    of the cost (no interpreter to start, the model stays loaded between runs).
+    For tests whose subject is not stdin, signals, file descriptors or a process
+    of its own: those use ``bgrm``."""
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from bgrm.cli import main
+
+    def run(*args, input: bytes | None = None, cwd=None, env=None, timeout=None):
+        argv = [str(a) for a in args]
+        code = 0
+        with CliRunner().isolation(input=input, env=env) as (out, err, _), \
+                contextlib.chdir(cwd or os.getcwd()):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = exc.code
+        return subprocess.CompletedProcess(["bgrm", *argv], code, out.getvalue(),
+                                           err.getvalue())
+
+    return run
+
+
+@pytest.fixture
 def run_main(monkeypatch, capfd):
     """The real ``bgrm.cli.main`` in this process: ``(exit status, stdout, stderr)``."""
     from bgrm import cli

@@ -141,7 +141,9 @@ needs_mount_namespace = pytest.mark.skipif(
 
 
 def _ffmpeg() -> str:
-    return pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+    import imageio_ffmpeg  # a dependency of bgrm: missing, the tests must fail, not skip
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def _batch(folder: Path, count: int) -> list[Path]:

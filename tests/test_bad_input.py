@@ -289,7 +289,6 @@ def test_fuzz_image_entry_point(tmp_path):
 
 @pytest.fixture(scope="module")
 def bad_videos(tmp_path_factory):
-    pytest.importorskip("bgrm.video.pipeline")
     folder = tmp_path_factory.mktemp("bad-videos")
     ffmpeg = _ffmpeg()
     clip = folder / "good.mp4"
@@ -333,7 +332,6 @@ class _StubVideoSegmenter:
 
 def test_fuzz_video_entry_point(tmp_path):
     hypothesis = pytest.importorskip("hypothesis")
-    pytest.importorskip("bgrm.video.pipeline")
 
     from bgrm.errors import BgrmError
     from bgrm.options import VideoOptions

@@ -1,4 +1,6 @@
-"""`bgrm image` as a user runs it: the real CLI in a subprocess, on real photos.
+"""`bgrm image` as a user runs it: the real CLI on real photos, in this process
+(``cli``: Click's runner) or, where stdin or signals are the subject, in a
+subprocess (``bgrm``).
 
 Exit statuses (0 done, 1 some file failed, 2 usage), one-line errors, --json,
 stdin/stdout, folders, a batch with broken files, the pool. The bundled u2netp
@@ -78,8 +80,8 @@ def broken(tmp_path, fixtures) -> dict[str, Path]:
     (["--bg-color-value", "green"], ["--bg-color-value", "hex"]),
     (["--bg-image", "no/such.jpg", "--bg-type", "image"], ["--bg-image", "no/such.jpg"]),
 ], ids=lambda v: " ".join(v) if v and v[0].startswith("--") else "")
-def test_out_of_range_values_are_usage_errors_naming_the_option(bgrm, fixtures, args, names):
-    proc = bgrm("image", fixtures / "chelsea.png", *args)
+def test_out_of_range_values_are_usage_errors_naming_the_option(cli, fixtures, args, names):
+    proc = cli("image", fixtures / "chelsea.png", *args)
     assert proc.returncode == 2
     for name in names:
         assert name in err(proc)
@@ -88,15 +90,15 @@ def test_out_of_range_values_are_usage_errors_naming_the_option(bgrm, fixtures, 
     assert not (fixtures / "chelsea_processed.png").exists()
 
 
-def test_bg_type_image_without_a_picture(bgrm, fixtures, tmp_path):
-    proc = bgrm("image", fixtures / "chelsea.png", "--bg-type", "image", "-o", tmp_path / "o")
+def test_bg_type_image_without_a_picture(cli, fixtures, tmp_path):
+    proc = cli("image", fixtures / "chelsea.png", "--bg-type", "image", "-o", tmp_path / "o")
     assert proc.returncode == 2
     assert lines(proc) == ["bgrm: bg_type (--bg-type) image needs a picture: --bg-image PATH"]
     assert not (tmp_path / "o").exists()
 
 
-def test_a_bg_image_that_is_not_a_picture_is_one_usage_error(bgrm, shots, broken, tmp_path):
-    proc = bgrm("image", shots, "--bg-type", "image", "--bg-image", broken["text"],
+def test_a_bg_image_that_is_not_a_picture_is_one_usage_error(cli, shots, broken, tmp_path):
+    proc = cli("image", shots, "--bg-type", "image", "--bg-image", broken["text"],
                 "-o", tmp_path / "out")
     assert proc.returncode == 2
     [line] = lines(proc)
@@ -104,10 +106,10 @@ def test_a_bg_image_that_is_not_a_picture_is_one_usage_error(bgrm, shots, broken
     assert "not an image" in line
 
 
-def test_unknown_and_uninstalled_models_are_usage_errors(bgrm, fixtures, tmp_path):
-    proc = bgrm("image", fixtures / "chelsea.png", "--model", "u2netx", "-o", tmp_path)
+def test_unknown_and_uninstalled_models_are_usage_errors(cli, fixtures, tmp_path):
+    proc = cli("image", fixtures / "chelsea.png", "--model", "u2netx", "-o", tmp_path)
     assert proc.returncode == 2 and "u2net, u2net_human_seg, u2netp" in err(proc)
-    proc = bgrm("image", fixtures / "chelsea.png", "--model", "u2net", "-o", tmp_path)
+    proc = cli("image", fixtures / "chelsea.png", "--model", "u2net", "-o", tmp_path)
     assert proc.returncode == 2
     [line] = lines(proc)
     assert "u2net is not installed" in line and "bgrm models install u2net" in line
@@ -124,10 +126,10 @@ def test_unknown_and_uninstalled_models_are_usage_errors(bgrm, fixtures, tmp_pat
     ({"colour": "red"}, ["unknown parameter 'colour'"]),
     (["not", "a", "dict"], ["not a JSON object"]),
 ], ids=lambda v: json.dumps(v) if isinstance(v, dict) else "")
-def test_bad_params_files_are_refused_like_flags(bgrm, fixtures, tmp_path, params, names):
+def test_bad_params_files_are_refused_like_flags(cli, fixtures, tmp_path, params, names):
     path = tmp_path / "api-params.json"
     path.write_text(json.dumps(params))
-    proc = bgrm("image", fixtures / "chelsea.png", "--params", path, "-o", tmp_path)
+    proc = cli("image", fixtures / "chelsea.png", "--params", path, "-o", tmp_path)
     assert proc.returncode == 2
     [line] = lines(proc)
     for name in names:
@@ -135,10 +137,10 @@ def test_bad_params_files_are_refused_like_flags(bgrm, fixtures, tmp_path, param
     assert not (tmp_path / "chelsea_processed.png").exists()
 
 
-def test_a_params_file_that_is_not_json(bgrm, fixtures, tmp_path):
+def test_a_params_file_that_is_not_json(cli, fixtures, tmp_path):
     path = tmp_path / "api-params.json"
     path.write_text("{'model': 'u2net'}")
-    proc = bgrm("image", fixtures / "chelsea.png", "--params", path)
+    proc = cli("image", fixtures / "chelsea.png", "--params", path)
     assert proc.returncode == 2 and "not a JSON object" in err(proc)
     assert len(lines(proc)) == 1
 
@@ -155,19 +157,19 @@ def test_stdin_mix_and_nothing_on_stdin(bgrm, fixtures, tmp_path):
 # ---------------------------------------------------------------- a real run
 
 
-def test_params_file_with_api_strings_and_flags_that_win(bgrm, fixtures, tmp_path):
+def test_params_file_with_api_strings_and_flags_that_win(cli, fixtures, tmp_path):
     # The hosted API's own dict, string values, convert_to and lang included.
     params = {"convert_to": "image-backgroundremover", "lang": "ms", "model": "u2netp",
               "alpha_matting": "true", "alpha_fg": "240", "alpha_bg": 10,
               "bg_type": "color", "bg_color_value": "#ff0000", "only_mask": "false"}
     path = tmp_path / "api-params.json"
     path.write_text(json.dumps(params))
-    proc = bgrm("image", fixtures / "chelsea.png", "--params", path, "-o", tmp_path / "a")
+    proc = cli("image", fixtures / "chelsea.png", "--params", path, "-o", tmp_path / "a")
     assert proc.returncode == 0, err(proc)
     assert "bundled" not in err(proc)  # the params' model was used, no default notice
     red = np.asarray(Image.open(tmp_path / "a" / "chelsea_processed.png"))
     # Flags win: the colour is replaced, matting switched off.
-    proc = bgrm("image", fixtures / "chelsea.png", "--params", path, "-o", tmp_path / "b",
+    proc = cli("image", fixtures / "chelsea.png", "--params", path, "-o", tmp_path / "b",
                 "--bg-color-value", "#0000ff", "--no-alpha-matting")
     assert proc.returncode == 0, err(proc)
     blue = np.asarray(Image.open(tmp_path / "b" / "chelsea_processed.png"))
@@ -183,9 +185,9 @@ def test_params_file_with_api_strings_and_flags_that_win(bgrm, fixtures, tmp_pat
     assert (blue[body] != cat[body]).any(axis=-1).mean() > 0.5
 
 
-def test_json_report_has_the_api_shape_exactly(bgrm, fixtures, tmp_path):
+def test_json_report_has_the_api_shape_exactly(cli, fixtures, tmp_path):
     missing = tmp_path / "gone.jpg"
-    proc = bgrm("image", fixtures / "chelsea.png", missing, "", "-o", tmp_path / "out",
+    proc = cli("image", fixtures / "chelsea.png", missing, "", "-o", tmp_path / "out",
                 "--json")
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
@@ -234,7 +236,7 @@ def test_broken_stdin_is_one_line_and_exit_1(bgrm):
     assert proc.stdout == b""
 
 
-def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures, quick_model):
+def test_folders_recursive_and_reruns_in_place(cli, shots, fixtures, quick_model):
     """Which files a folder gives (the stand-in model: the masks are not the subject)."""
     (shots / "raw").mkdir()
     shutil.copy(fixtures / "chelsea.png", shots / "raw" / "cat.png")
@@ -244,7 +246,7 @@ def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures, quick_mode
     shutil.copy(fixtures / "coffee.png", shots / ".thumbs" / "c.png")
     # Two inputs that would share an output name, and an earlier collision output.
     shutil.copy(fixtures / "rocket.jpg", shots / "rocket.png")
-    proc = bgrm("image", shots, "--only-mask", "--json", "--model", quick_model)
+    proc = cli("image", shots, "--only-mask", "--json", "--model", quick_model)
     assert proc.returncode == 0, err(proc)
     written = sorted(p.name for p in shots.iterdir() if "_processed" in p.name)
     assert written == ["astronaut_processed.png", "chelsea_processed.png",
@@ -252,7 +254,7 @@ def test_folders_recursive_and_reruns_in_place(bgrm, shots, fixtures, quick_mode
                        "rocket_processed_2.png"]
     assert not (shots / "raw" / "cat_processed.png").exists()
     # Again, recursively: bgrm's own outputs (also the _2 one) are not inputs.
-    proc = bgrm("image", shots, "--recursive", "--only-mask", "--json", "--model", quick_model)
+    proc = cli("image", shots, "--recursive", "--only-mask", "--json", "--model", quick_model)
     assert proc.returncode == 0, err(proc)
     report = json.loads(proc.stdout)
     assert [f["filename"] for f in report["files"]] == [
@@ -303,19 +305,19 @@ def test_a_folder_skips_only_outputs_beside_their_input_and_names_each(tmp_path,
     assert f"bgrm: {clips / 'talk_processed.mp4'}: skipped" in err
 
 
-def test_an_empty_folder_says_so(bgrm, tmp_path):
+def test_an_empty_folder_says_so(cli, tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = bgrm("image", tmp_path / "empty")
+    proc = cli("image", tmp_path / "empty")
     assert proc.returncode == 0
     assert "no images" in err(proc)
 
 
-def test_never_overwrites_an_input(bgrm, fixtures, tmp_path):
+def test_never_overwrites_an_input(cli, fixtures, tmp_path):
     # An input named like another input's output keeps its bytes.
     shutil.copy(fixtures / "coffee.png", tmp_path / "cup.png")
     shutil.copy(fixtures / "chelsea.png", tmp_path / "cup_processed.png")
     before = digest(tmp_path / "cup_processed.png")
-    proc = bgrm("image", tmp_path / "cup.png", tmp_path / "cup_processed.png", "--only-mask",
+    proc = cli("image", tmp_path / "cup.png", tmp_path / "cup_processed.png", "--only-mask",
                 "--json")
     assert proc.returncode == 0, err(proc)
     assert digest(tmp_path / "cup_processed.png") == before
@@ -323,12 +325,12 @@ def test_never_overwrites_an_input(bgrm, fixtures, tmp_path):
     assert names == ["cup_processed_2.png", "cup_processed_processed.png"]
 
 
-def test_mixed_batch_writes_the_good_and_names_the_bad(bgrm, shots, broken, tmp_path):
+def test_mixed_batch_writes_the_good_and_names_the_bad(cli, shots, broken, tmp_path):
     inputs = [shots / "chelsea.png", broken["zero"], broken["text"], shots / "rocket.jpg",
               broken["truncated"], tmp_path / "missing.png"]
     before = {p: digest(p) for p in inputs if p.exists()}
     out = tmp_path / "out"
-    proc = bgrm("image", *inputs, "-o", out, "--json", "--only-mask")
+    proc = cli("image", *inputs, "-o", out, "--json", "--only-mask")
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert [f["filename"] for f in report["files"]] == ["chelsea_processed.png",
@@ -352,15 +354,15 @@ def test_mixed_batch_writes_the_good_and_names_the_bad(bgrm, shots, broken, tmp_
     assert leftovers(tmp_path) == []
 
 
-def test_traceback_flag_shows_the_traceback(bgrm, broken, tmp_path):
-    proc = bgrm("image", broken["truncated"], "-o", tmp_path, "--traceback")
+def test_traceback_flag_shows_the_traceback(cli, broken, tmp_path):
+    proc = cli("image", broken["truncated"], "-o", tmp_path, "--traceback")
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in err(proc)
     assert err(proc).rstrip().endswith("truncated)")
 
 
-def test_all_good_is_exit_0_with_quiet_stderr(bgrm, fixtures, tmp_path):
-    proc = bgrm("image", fixtures / "coffee.png", "-o", tmp_path)
+def test_all_good_is_exit_0_with_quiet_stderr(cli, fixtures, tmp_path):
+    proc = cli("image", fixtures / "coffee.png", "-o", tmp_path)
     assert proc.returncode == 0
     assert lines(proc) == []  # only the one-line default-model notice
     assert "using the bundled u2netp" in err(proc)
@@ -368,19 +370,19 @@ def test_all_good_is_exit_0_with_quiet_stderr(bgrm, fixtures, tmp_path):
     assert Image.open(tmp_path / "coffee_processed.png").mode == "RGBA"
 
 
-def test_animated_gif_processes_its_first_frame_and_says_so(bgrm, fixtures, tmp_path):
-    proc = bgrm("image", fixtures / "no_time_for_that_tiny.gif", "-o", tmp_path)
+def test_animated_gif_processes_its_first_frame_and_says_so(cli, fixtures, tmp_path):
+    proc = cli("image", fixtures / "no_time_for_that_tiny.gif", "-o", tmp_path)
     assert proc.returncode == 0, err(proc)
     [note] = lines(proc)
     assert "no_time_for_that_tiny.gif" in note and "first frame" in note
     assert Image.open(tmp_path / "no_time_for_that_tiny_processed.png").mode == "RGBA"
 
 
-def test_pool_gives_the_same_files_in_input_order(bgrm, shots, broken, tmp_path):
+def test_pool_gives_the_same_files_in_input_order(cli, shots, broken, tmp_path):
     inputs = [broken["text"], shots / "rocket.jpg", broken["zero"], shots / "chelsea.png",
               shots / "coffee.png"]
-    one = bgrm("image", *inputs, "-o", tmp_path / "one", "--jobs", "1", "--json")
-    two = bgrm("image", *inputs, "-o", tmp_path / "two", "--jobs", "2", "--json",
+    one = cli("image", *inputs, "-o", tmp_path / "one", "--jobs", "1", "--json")
+    two = cli("image", *inputs, "-o", tmp_path / "two", "--jobs", "2", "--json",
                "--progress")
     assert one.returncode == two.returncode == 1
     r1, r2 = json.loads(one.stdout), json.loads(two.stdout)
@@ -401,10 +403,10 @@ def test_pool_gives_the_same_files_in_input_order(bgrm, shots, broken, tmp_path)
     assert leftovers(tmp_path) == []
 
 
-def test_skip_existing_leaves_finished_outputs(bgrm, fixtures, tmp_path):
+def test_skip_existing_leaves_finished_outputs(cli, fixtures, tmp_path):
     done = tmp_path / "chelsea_processed.png"
     done.write_bytes(b"finished earlier")
-    proc = bgrm("image", fixtures / "chelsea.png", fixtures / "coffee.png", "-o", tmp_path,
+    proc = cli("image", fixtures / "chelsea.png", fixtures / "coffee.png", "-o", tmp_path,
                 "--skip-existing", "--only-mask", "--json")
     assert proc.returncode == 0, err(proc)
     assert done.read_bytes() == b"finished earlier"
@@ -434,8 +436,8 @@ def test_ctrl_c_is_130_and_leaves_no_temporary_files(models_home, fixtures, tmp_
     assert len(list(folder.glob("*_processed.png"))) < 10
 
 
-def test_flags_without_effect_are_pointed_out(bgrm, tmp_path):
-    proc = bgrm("image", tmp_path / "gone.jpg", "--alpha-fg", "200", "--alpha-erode", "3",
+def test_flags_without_effect_are_pointed_out(cli, tmp_path):
+    proc = cli("image", tmp_path / "gone.jpg", "--alpha-fg", "200", "--alpha-erode", "3",
                 "--bg-color-value", "#000000")
     assert proc.returncode == 1
     said = lines(proc)

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from procs import (
     TMP_MARK,
@@ -145,7 +144,6 @@ def test_out_of_memory_in_one_file(tmp_path, models_home, fixtures, monkeypatch)
 
 @needs_mount_namespace
 def test_full_disk_during_video(tmp_path, env):
-    pytest.importorskip("bgrm.video.pipeline")
     clip = tmp_path / "clip.mp4"
     subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10",
                     "-t", "1", "-pix_fmt", "yuv420p", str(clip)], check=True)

@@ -1,7 +1,9 @@
 """`--scheduler`: a batch on a real Dask cluster gives the files a local run gives.
 
 One LocalCluster with processes (2 workers, 1 thread each) serves the module;
-the CLI runs in a subprocess and connects to it as a user's would.
+the CLI runs in this process (Click's runner) and connects to it as a user's
+would; in a subprocess where its own process is the subject (Dask missing, a
+connect timeout read from the environment, a scheduler lost under it).
 """
 
 from __future__ import annotations
@@ -42,14 +44,14 @@ def _outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_batch_matches_local_run(bgrm, fixtures, tmp_path, cluster, quick_model):
+def test_batch_matches_local_run(cli, fixtures, tmp_path, cluster, quick_model):
     """On the stand-in model: the subject is the same files and report either way
     (the workers' own u2netp is tested below)."""
     address, _ = cluster
     inputs = _inputs(fixtures, tmp_path)
     common = ["--model", quick_model, "--json", "--progress"]
-    local = bgrm("image", *inputs, "-o", tmp_path / "local", *common)
-    remote = bgrm("image", *inputs, "-o", tmp_path / "remote", *common, "--scheduler", address)
+    local = cli("image", *inputs, "-o", tmp_path / "local", *common)
+    remote = cli("image", *inputs, "-o", tmp_path / "remote", *common, "--scheduler", address)
 
     for proc in (local, remote):
         assert proc.returncode == 1, proc.stderr.decode()
@@ -91,7 +93,7 @@ def test_a_run_in_this_process_leaves_its_dask_logging_as_it_was(fixtures, tmp_p
     assert {name: logging.getLogger(name).level for name in levels} == levels
 
 
-def test_workers_resolve_and_keep_their_model(bgrm, fixtures, tmp_path, cluster, models_home):
+def test_workers_resolve_and_keep_their_model(cli, fixtures, tmp_path, cluster, models_home):
     """Registry models are found where each worker is; the session outlives a task and a run."""
     address, client = cluster
     # The client finds u2netp installed in its models folder; the workers have
@@ -107,11 +109,11 @@ def test_workers_resolve_and_keep_their_model(bgrm, fixtures, tmp_path, cluster,
         return client.run(probe)
 
     photos = [fixtures / "astronaut.png", fixtures / "rocket.jpg"]
-    first = bgrm("image", *photos, "-o", tmp_path / "a", "--model", "u2netp",
+    first = cli("image", *photos, "-o", tmp_path / "a", "--model", "u2netp",
                  "--scheduler", address)
     assert first.returncode == 0, first.stderr.decode()
     after_first = sessions()
-    second = bgrm("image", *photos, "-o", tmp_path / "b", "--model", "u2netp",
+    second = cli("image", *photos, "-o", tmp_path / "b", "--model", "u2netp",
                   "--scheduler", address)
     assert second.returncode == 0, second.stderr.decode()
     after_second = sessions()
@@ -131,14 +133,14 @@ def test_workers_resolve_and_keep_their_model(bgrm, fixtures, tmp_path, cluster,
     assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
 
 
-def test_custom_model_path_is_used_as_given(bgrm, fixtures, tmp_path, cluster):
+def test_custom_model_path_is_used_as_given(cli, fixtures, tmp_path, cluster):
     address, client = cluster
     custom = tmp_path / "shared" / "mine.onnx"
     custom.parent.mkdir()
     shutil.copy(ASSETS / "u2netp.onnx", custom)
     photo = fixtures / "chelsea.png"
-    local = bgrm("image", photo, "-o", tmp_path / "local", "--model", custom)
-    remote = bgrm("image", photo, "-o", tmp_path / "remote", "--model", custom,
+    local = cli("image", photo, "-o", tmp_path / "local", "--model", custom)
+    remote = cli("image", photo, "-o", tmp_path / "remote", "--model", custom,
                   "--scheduler", address)
     assert local.returncode == remote.returncode == 0, remote.stderr.decode()
     assert _outputs(tmp_path / "remote") == _outputs(tmp_path / "local")
@@ -166,12 +168,12 @@ def test_custom_model_path_is_used_as_given(bgrm, fixtures, tmp_path, cluster):
 
 @pytest.mark.skipif(importlib.util.find_spec("bgrm.video.pipeline") is None,
                     reason="bgrm video is not built yet (no bgrm.video.pipeline)")
-def test_video_matches_local_run(bgrm, fixtures, tmp_path, cluster, quick_model):
+def test_video_matches_local_run(cli, fixtures, tmp_path, cluster, quick_model):
     address, _ = cluster
     clip = fixtures / "no_time_for_that_tiny.gif"
     args = ["--model", quick_model, "--video-format", "gif", "--frame-limit", "4"]
-    local = bgrm("video", clip, "-o", tmp_path / "local", *args)
-    remote = bgrm("video", clip, "-o", tmp_path / "remote", *args, "--scheduler", address)
+    local = cli("video", clip, "-o", tmp_path / "local", *args)
+    remote = cli("video", clip, "-o", tmp_path / "remote", *args, "--scheduler", address)
     assert local.returncode == 0, local.stderr.decode()
     assert remote.returncode == 0, remote.stderr.decode()
     assert _outputs(tmp_path / "remote") == _outputs(tmp_path / "local")
@@ -224,7 +226,7 @@ def test_a_port_out_of_range_is_a_usage_error_at_once(port, run_main, fixtures, 
     assert time.monotonic() - started < 15  # not the client's 30 s connect timeout
 
 
-def test_hung_task_times_out_alone_and_its_worker_is_restarted(bgrm, fixtures, tmp_path,
+def test_hung_task_times_out_alone_and_its_worker_is_restarted(cli, fixtures, tmp_path,
                                                                 cluster, quick_model):
     """On the stand-in model a file takes milliseconds: a short --timeout still
     leaves the files that do not hang far more than they need."""
@@ -239,7 +241,7 @@ def test_hung_task_times_out_alone_and_its_worker_is_restarted(bgrm, fixtures, t
         for name in ("a.png", "hang.png", "c.png"):
             shutil.copy(fixtures / "chelsea.png", tmp_path / name)
         out = tmp_path / "out"
-        proc = bgrm("image", tmp_path / "a.png", tmp_path / "hang.png", tmp_path / "c.png",
+        proc = cli("image", tmp_path / "a.png", tmp_path / "hang.png", tmp_path / "c.png",
                     "-o", out, "--model", quick_model, "--json", "--timeout", "5",
                     "--scheduler", address)
         assert proc.returncode == 1, proc.stderr.decode()
@@ -268,7 +270,7 @@ def test_hung_task_times_out_alone_and_its_worker_is_restarted(bgrm, fixtures, t
         client.run(unhook)
 
 
-def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, fixtures):
+def test_worker_killed_while_writing_retries_the_file(cli, tmp_path, cluster, fixtures):
     """SIGKILL the worker that is writing an output: Dask runs the file again
     elsewhere, the output is whole, and the dead attempt's temporary is gone.
 
@@ -306,7 +308,7 @@ def test_worker_killed_while_writing_retries_the_file(bgrm, tmp_path, cluster, f
     assert interrupted is not None, "the output was written before it could be interrupted"
     assert proc.returncode == 0, stderr.decode()
 
-    local = bgrm("image", big, "-o", tmp_path / "local", "--model", "u2netp")
+    local = cli("image", big, "-o", tmp_path / "local", "--model", "u2netp")
     assert local.returncode == 0, local.stderr.decode()
     assert _outputs(out) == _outputs(tmp_path / "local")
     assert sorted(p.name for p in out.iterdir()) == ["big_processed.png"]
@@ -376,11 +378,14 @@ def test_files_running_when_the_scheduler_is_lost_are_never_written(tmp_path, fi
         [failed] = json.loads(stdout)["failed"]
         assert failed["filename"] == "slow.png"
         assert not (marks / "ended").exists()  # reported while the worker was still on it
-        # The worker goes on, finishes the file, and must not write it now.
-        deadline = time.monotonic() + 30
-        while not (marks / "ended").exists() and time.monotonic() < deadline:
+        # The worker goes on, finishes the file, and must not write it now: it
+        # leaves it under its held name (which only the client moves into place).
+        deadline = time.monotonic() + 90
+        while not [p for p in (out.iterdir() if out.is_dir() else ())
+                   if "held" in p.name or p.name == "slow_processed.png"]:
+            assert time.monotonic() < deadline, "the worker never finished the file"
             time.sleep(0.1)
-        time.sleep(3)  # the mask, the PNG and the rename it would do
+        assert (marks / "ended").exists()
         assert not (out / "slow_processed.png").exists()
     finally:
         for proc in (worker, scheduler):

@@ -103,11 +103,11 @@ def test_decontaminate_takes_the_green_out_of_a_known_soft_edge(composite):
     assert (fg[opaque] == rgb[opaque]).all() and (fg[clear] == rgb[clear]).all()
 
 
-def test_decontaminate_on_the_cli_cuts_the_fringe_and_keeps_opaque_pixels(bgrm, composite,
+def test_decontaminate_on_the_cli_cuts_the_fringe_and_keeps_opaque_pixels(cli, composite,
                                                                            chelsea, tmp_path):
     path, alpha = composite
-    _ok(bgrm("image", path, "-o", tmp_path / "plain", "--model", "u2netp"))
-    _ok(bgrm("image", path, "-o", tmp_path / "clean", "--model", "u2netp", "--decontaminate"))
+    _ok(cli("image", path, "-o", tmp_path / "plain", "--model", "u2netp"))
+    _ok(cli("image", path, "-o", tmp_path / "clean", "--model", "u2netp", "--decontaminate"))
     plain = np.asarray(Image.open(tmp_path / "plain" / "cat_on_green_processed.png"))
     clean = np.asarray(Image.open(tmp_path / "clean" / "cat_on_green_processed.png"))
     assert (plain[..., 3] == clean[..., 3]).all()  # the alpha is not its business
@@ -290,8 +290,8 @@ def test_vitmatte_weights_are_checked_and_used_by_name(stand_in, chelsea, chelse
     assert np.abs(refined.frames[..., 3].astype(int) - unrefined.frames[..., 3]).mean() > 1
 
 
-def test_vitmatte_missing_is_one_usage_error(bgrm, tmp_path):
-    proc = bgrm("image", FIXTURES / "chelsea.png", "-o", tmp_path / "o", "--vitmatte")
+def test_vitmatte_missing_is_one_usage_error(cli, tmp_path):
+    proc = cli("image", FIXTURES / "chelsea.png", "-o", tmp_path / "o", "--vitmatte")
     assert proc.returncode == 2
     assert proc.stderr.decode().count("\n") == 1
     assert "model vitmatte-small-distinctions-646 is not installed" in proc.stderr.decode()
@@ -370,15 +370,15 @@ def _bbox(alpha: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def test_crop_with_margin_is_the_alpha_box_plus_margin_and_json_says_where(bgrm, composite,
+def test_crop_with_margin_is_the_alpha_box_plus_margin_and_json_says_where(cli, composite,
                                                                          tmp_path):
     path, _ = composite
-    _ok(bgrm("image", path, "-o", tmp_path / "full", "--model", "u2netp"))
+    _ok(cli("image", path, "-o", tmp_path / "full", "--model", "u2netp"))
     full = np.asarray(Image.open(tmp_path / "full" / "cat_on_green_processed.png"))
     h, w = full.shape[:2]
     left, top, right, bottom = _bbox(full[..., 3])
     for margin in (10, 1000):
-        proc = _ok(bgrm("image", path, "-o", tmp_path / f"crop{margin}", "--model", "u2netp",
+        proc = _ok(cli("image", path, "-o", tmp_path / f"crop{margin}", "--model", "u2netp",
                         "--crop", "--crop-margin", margin, "--json"))
         cropped = Image.open(tmp_path / f"crop{margin}" / "cat_on_green_processed.png")
         box = (max(0, left - margin), max(0, top - margin), min(w, right + margin),
@@ -448,10 +448,10 @@ def test_edge_params_from_json_and_combinations_that_mean_nothing():
             from_params(job, params)
 
 
-def test_cli_refuses_a_meaningless_combination_and_help_shows_the_order(bgrm, tmp_path):
-    proc = bgrm("video", tmp_path / "x.mp4", "--video-format", "mattekey", "--decontaminate")
+def test_cli_refuses_a_meaningless_combination_and_help_shows_the_order(cli, tmp_path):
+    proc = cli("video", tmp_path / "x.mp4", "--video-format", "mattekey", "--decontaminate")
     assert proc.returncode == 2 and "mattekey has none" in proc.stderr.decode()
-    text = _ok(bgrm("image", "--help")).stdout.decode()
+    text = _ok(cli("image", "--help")).stdout.decode()
     for flag in ("--post-process-mask", "--mask-grow", "--vitmatte", "--mask-feather",
                  "--decontaminate", "--crop", "--crop-margin"):
         assert flag in text
@@ -465,14 +465,14 @@ def test_cli_refuses_a_meaningless_combination_and_help_shows_the_order(bgrm, tm
 # ---------------------------------------------------------------- video
 
 
-def test_video_crop_is_one_box_for_the_clip_and_edges_apply_to_every_frame(bgrm, fixtures,
+def test_video_crop_is_one_box_for_the_clip_and_edges_apply_to_every_frame(cli, fixtures,
                                                                            tmp_path):
     from videoclips import make_clip, probe
 
     clip = make_clip(tmp_path / "zoom.mp4", fixtures / "astronaut.png", frames=6)
     steps = ("--mask-grow", "2", "--mask-feather", "2", "--decontaminate")
-    _ok(bgrm("video", clip, "-o", tmp_path / "full", "--model", "u2netp", *steps))
-    proc = _ok(bgrm("video", clip, "-o", tmp_path / "crop", "--model", "u2netp", *steps,
+    _ok(cli("video", clip, "-o", tmp_path / "full", "--model", "u2netp", *steps))
+    proc = _ok(cli("video", clip, "-o", tmp_path / "crop", "--model", "u2netp", *steps,
                     "--crop", "--crop-margin", "3", "--json"))
     full = probe(tmp_path / "full" / "zoom_processed.mov")
     cropped = probe(tmp_path / "crop" / "zoom_processed.mov")

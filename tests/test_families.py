@@ -110,7 +110,7 @@ def test_named_model_matches_rembgs_session(name, photos, home, monkeypatch, no_
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_own_onnx_with_model_family_matches_rembg(family, photos, home, bgrm, no_network,
+def test_own_onnx_with_model_family_matches_rembg(family, photos, home, cli, no_network,
                                                   tmp_path):
     """`--model PATH.onnx --model-family F` (the real CLI) == rembg's session of F."""
     reference = REFERENCE[family]
@@ -119,7 +119,7 @@ def test_own_onnx_with_model_family_matches_rembg(family, photos, home, bgrm, no
                         seed=3)
     names = [*PHOTOS, UPSCALED]
     out = tmp_path / "out"
-    proc = bgrm("image", *(photos / n for n in names), "--model", mine, "--model-family",
+    proc = cli("image", *(photos / n for n in names), "--model", mine, "--model-family",
                 family, "--only-mask", "-o", out)
     assert proc.returncode == 0, proc.stderr.decode()
     theirs = rembg_masks(reference, [Image.open(photos / n) for n in names],
@@ -132,7 +132,7 @@ def test_own_onnx_with_model_family_matches_rembg(family, photos, home, bgrm, no
 
 
 def test_a_1024_model_in_video_streams_smooths_and_keeps_rembgs_masks(
-        fixtures, home, bgrm, no_network, tmp_path):
+        fixtures, home, cli, no_network, tmp_path):
     from videoclips import flicker, pan_frames, probe, write_frames
 
     clip = write_frames(tmp_path / "pan.mp4",
@@ -140,7 +140,7 @@ def test_a_1024_model_in_video_streams_smooths_and_keeps_rembgs_masks(
     model = standin_onnx(home / "birefnet-general.onnx", "birefnet", seed=1)
     alphas = {}
     for label, extra in (("smooth", []), ("raw", ["--temporal-smoothing", "0"])):
-        proc = bgrm("video", clip, "--model", model, "--model-family", "birefnet",
+        proc = cli("video", clip, "--model", model, "--model-family", "birefnet",
                     "-o", tmp_path / label, *extra)
         assert proc.returncode == 0, proc.stderr.decode()
         alphas[label] = probe(tmp_path / label / "pan_processed.mov").frames[..., 3]
@@ -159,8 +159,8 @@ def test_a_1024_model_in_video_streams_smooths_and_keeps_rembgs_masks(
     assert flicker(smooth) < flicker(raw)
 
 
-def test_registry_family_rows_and_listing(bgrm, models_home):
-    listing = json.loads(bgrm("models", "list", "--json").stdout)
+def test_registry_family_rows_and_listing(cli, models_home):
+    listing = json.loads(cli("models", "list", "--json").stdout)
     rows = {m["name"]: m for m in listing["models"]}
     assert set(rows) == set(REGISTRY)
     families = {m["family"] for m in rows.values() if m["kind"] == "segmentation"}

@@ -169,10 +169,10 @@ def _alpha(frames: np.ndarray) -> np.ndarray:
     return frames[..., 3]
 
 
-def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(bgrm, talk, tmp_path,
+def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(cli, talk, tmp_path,
                                                                  quick_model):
     out = tmp_path / "out"
-    proc = bgrm("video", talk, "--video-format", "webm", "--frame-limit", 8, "-o", out,
+    proc = cli("video", talk, "--video-format", "webm", "--frame-limit", 8, "-o", out,
                 "--json", "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     webm = out / "talk_processed.webm"
@@ -188,7 +188,7 @@ def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(bgrm, talk, tm
     # The same frames as a PNG sequence: the WebM's alpha is that cut-out, within
     # what VP9's lossy alpha plane moves.
     seq = tmp_path / "seq"
-    proc = bgrm("video", talk, "--video-format", "png_sequence", "--frame-limit", 8, "-o", seq,
+    proc = cli("video", talk, "--video-format", "png_sequence", "--frame-limit", 8, "-o", seq,
                 "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     pngs = np.stack([np.asarray(Image.open(p)) for p in
@@ -196,10 +196,10 @@ def test_webm_decodes_with_alpha_to_the_cut_out_with_exact_frames(bgrm, talk, tm
     assert np.abs(alpha.astype(int) - _alpha(pngs)).mean() < 4
 
 
-def test_png_sequence_is_one_rgba_png_per_frame_with_the_audio_as_wav(bgrm, talk, tmp_path,
+def test_png_sequence_is_one_rgba_png_per_frame_with_the_audio_as_wav(cli, talk, tmp_path,
                                                                       quick_model):
     out = tmp_path / "out"
-    proc = bgrm("video", talk, "--video-format", "png_sequence", "-o", out, "--json",
+    proc = cli("video", talk, "--video-format", "png_sequence", "-o", out, "--json",
                 "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     folder = out / "talk_processed"
@@ -219,14 +219,14 @@ def test_png_sequence_is_one_rgba_png_per_frame_with_the_audio_as_wav(bgrm, talk
     assert sorted(p.name for p in out.iterdir()) == ["talk_processed"]  # nothing else
     # A rerun replaces the folder whole; a silent input has no WAV.
     silent = make_clip(tmp_path / "talk.mp4", FIXTURES / "astronaut.png", frames=5)
-    proc = bgrm("video", silent, "--video-format", "png_sequence", "-o", out,
+    proc = cli("video", silent, "--video-format", "png_sequence", "-o", out,
                 "--model", quick_model)
     assert proc.returncode == 0, proc.stderr.decode()
     assert sorted(p.name for p in folder.iterdir()) == [
         f"talk_processed_{i:06d}.png" for i in range(1, 6)]
     assert sorted(p.name for p in out.iterdir()) == ["talk_processed"]
     # Its frames are bgrm's own outputs: a folder rerun does not take them as inputs.
-    again = bgrm("image", out, "-r", "--json")
+    again = cli("image", out, "-r", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["files"] == []
 
 

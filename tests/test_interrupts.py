@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -38,10 +37,8 @@ def test_ctrl_c_then_skip_existing_rerun(tmp_path, env, jobs, moment):
     assert len(done) < len(inputs)
     if moment == "between":
         assert done
-    elif not done:
-        return  # nothing to keep: the rerun would be a plain run
 
-    # The rerun does the rest and leaves what was finished untouched.
+    # The rerun does the rest and leaves what was finished (if anything) untouched.
     rerun = run(env, "image", tmp_path / "in", "-o", out, "--jobs", jobs, "--skip-existing",
                 "--json")
     assert rerun.returncode == 0, no_traceback(rerun)
@@ -87,7 +84,6 @@ def test_killed_worker_fails_only_its_file(tmp_path, env):
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_ctrl_c_during_video_leaves_no_ffmpeg(tmp_path, env, jobs):
-    pytest.importorskip("bgrm.video.pipeline")
     (tmp_path / "in").mkdir()
     for i in range(jobs):
         subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
@@ -102,7 +98,6 @@ def test_ctrl_c_during_video_leaves_no_ffmpeg(tmp_path, env, jobs):
 
 
 def test_killed_video_worker_leaves_no_ffmpeg_and_no_temporary(tmp_path, env):
-    pytest.importorskip("bgrm.video.pipeline")
     (tmp_path / "in").mkdir()
     for i in range(2):
         subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",
@@ -114,6 +109,6 @@ def test_killed_video_worker_leaves_no_ffmpeg_and_no_temporary(tmp_path, env):
                                                "--frame-limit", "4")
     assert len(report["failed"]) == 1 and "died" in report["failed"][0]["error"], report
     assert len(report["files"]) == 1
-    assert_no_orphans(proc.pid)  # the dead worker's ffmpeg processes too
-    time.sleep(0.5)  # an orphaned encoder would still be finishing its file
+    # The dead worker's ffmpeg processes too: with none left, nothing writes any more.
+    assert_no_orphans(proc.pid)
     assert sorted(_names(out)) == sorted(Path(f["url"]).name for f in report["files"])

@@ -135,8 +135,8 @@ def leftovers(folder: Path) -> list[str]:
 
 # -- list / verify ------------------------------------------------------------------------
 
-def test_list_fresh_install(bgrm, models_home):
-    proc = bgrm("models", "list", "--json")
+def test_list_fresh_install(cli, models_home):
+    proc = cli("models", "list", "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     listing = json.loads(proc.stdout)
     assert listing["models_dir"] == str(models_home)
@@ -146,37 +146,37 @@ def test_list_fresh_install(bgrm, models_home):
     for name in ("u2net", "u2net_human_seg"):
         assert rows[name]["status"] == "missing" and rows[name]["size"] is None
         assert rows[name]["path"] == str(models_home / f"{name}.onnx")
-    text = bgrm("models", "list").stdout.decode()
+    text = cli("models", "list").stdout.decode()
     assert "u2netp" in text and "bundled" in text and "missing" in text
 
 
-def test_verify_statuses_and_exit(bgrm, models_home, tiny):
-    ok = bgrm("models", "verify")
+def test_verify_statuses_and_exit(cli, models_home, tiny):
+    ok = cli("models", "verify")
     assert ok.returncode == 0, ok.stderr.decode()  # missing but not asked for: fine
     lines = [line.split()[:3] for line in ok.stdout.decode().splitlines()]
     assert ["u2netp", "ok", "bundled"] in lines
-    named = bgrm("models", "verify", "u2net")
+    named = cli("models", "verify", "u2net")
     assert named.returncode == 1 and b"missing" in named.stdout
 
     (models_home / "u2net.onnx").write_bytes(tiny["u2net"].read_bytes())  # not the real one
     actual = md5sum(tiny["u2net"]).split(":")[1]
-    bad = bgrm("models", "verify")
+    bad = cli("models", "verify")
     assert bad.returncode == 1
     out = bad.stdout.decode()
     assert "CORRUPT" in out and actual in out and U2NET_MD5 in out
-    listing = json.loads(bgrm("models", "list", "--json").stdout)
+    listing = json.loads(cli("models", "list", "--json").stdout)
     rows = {m["name"]: m for m in listing["models"]}
     assert rows["u2net"]["status"] == "corrupt"
     assert rows["u2net"]["actual_checksum"] == "md5:" + actual
-    report = json.loads(bgrm("models", "verify", "u2netp", "--json").stdout)
+    report = json.loads(cli("models", "verify", "u2netp", "--json").stdout)
     assert report["ok"] is True and [m["status"] for m in report["models"]] == ["bundled"]
 
 
-def test_corrupt_model_is_never_used(bgrm, models_home, fixtures, tmp_path):
+def test_corrupt_model_is_never_used(cli, models_home, fixtures, tmp_path):
     (models_home / "u2net.onnx").write_bytes(b"not a model at all")
     out = tmp_path / "out"
     for args in (["--model", "u2net"], []):  # named, and as the default
-        proc = bgrm("image", fixtures / "chelsea.png", "-o", out, *args)
+        proc = cli("image", fixtures / "chelsea.png", "-o", out, *args)
         err = proc.stderr.decode()
         assert proc.returncode == 2, err
         assert "corrupt" in err and U2NET_MD5 in err and "bgrm models install" in err
@@ -218,9 +218,9 @@ def test_verified_stamp_skips_rehash_until_file_changes(models_home, monkeypatch
 
 # -- install ------------------------------------------------------------------------------
 
-def test_install_wrong_checksum_is_refused(bgrm, models_home, tiny):
+def test_install_wrong_checksum_is_refused(cli, models_home, tiny):
     target = models_home / "new"  # not there yet: install creates it
-    proc = bgrm("models", "install", "u2net", "--from", tiny["u2net"],
+    proc = cli("models", "install", "u2net", "--from", tiny["u2net"],
                 env={"BGRM_MODELS": str(target)})
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
@@ -229,27 +229,27 @@ def test_install_wrong_checksum_is_refused(bgrm, models_home, tiny):
     assert leftovers(target) == []
 
 
-def test_install_from_file_real_u2netp(bgrm, models_home):
+def test_install_from_file_real_u2netp(cli, models_home):
     src = models.bundled_path(models.REGISTRY["u2netp"])
-    proc = bgrm("models", "install", "u2netp", "--from", src)
+    proc = cli("models", "install", "u2netp", "--from", src)
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"installed u2netp" in proc.stderr
     dest = models_home / "u2netp.onnx"
     assert md5sum(dest) == "md5:" + U2NETP_MD5 and leftovers(models_home) == ["u2netp.onnx"]
-    rows = {m["name"]: m for m in json.loads(bgrm("models", "list", "--json").stdout)["models"]}
+    rows = {m["name"]: m for m in json.loads(cli("models", "list", "--json").stdout)["models"]}
     assert rows["u2netp"]["status"] == "installed" and rows["u2netp"]["path"] == str(dest)
-    again = bgrm("models", "install", "u2netp", "--from", "/nonexistent/u2netp.onnx")
+    again = cli("models", "install", "u2netp", "--from", "/nonexistent/u2netp.onnx")
     assert again.returncode == 0 and b"already installed" in again.stderr  # source not read
-    missing = bgrm("models", "install", "u2netp", "--from", "/nonexistent/u2netp.onnx",
+    missing = cli("models", "install", "u2netp", "--from", "/nonexistent/u2netp.onnx",
                    "--force")
     assert missing.returncode == 2 and b"no such file" in missing.stderr
 
 
-def test_install_from_loopback_url(bgrm, models_home, serve):
+def test_install_from_loopback_url(cli, models_home, serve):
     root, base = serve()
     (root / "u2netp.onnx").write_bytes(
         models.bundled_path(models.REGISTRY["u2netp"]).read_bytes())
-    proc = bgrm("models", "install", "u2netp", "--from", f"{base}/u2netp.onnx", "--progress",
+    proc = cli("models", "install", "u2netp", "--from", f"{base}/u2netp.onnx", "--progress",
                 env={"no_proxy": "127.0.0.1"})
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
@@ -257,10 +257,10 @@ def test_install_from_loopback_url(bgrm, models_home, serve):
     assert md5sum(models_home / "u2netp.onnx") == "md5:" + U2NETP_MD5
 
     (root / "u2net.onnx").write_bytes(b"an error page, not a model")
-    wrong = bgrm("models", "install", "u2net", "--from", f"{base}/u2net.onnx",
+    wrong = cli("models", "install", "u2net", "--from", f"{base}/u2net.onnx",
                  env={"no_proxy": "127.0.0.1"})
     assert wrong.returncode == 2 and U2NET_MD5.encode() in wrong.stderr
-    gone = bgrm("models", "install", "u2net", "--from", f"{base}/nope.onnx",
+    gone = cli("models", "install", "u2net", "--from", f"{base}/nope.onnx",
                 env={"no_proxy": "127.0.0.1"})
     assert gone.returncode == 1 and b"HTTP 404" in gone.stderr
     assert leftovers(models_home) == ["u2netp.onnx"]
@@ -324,10 +324,10 @@ def test_runs_never_open_a_connection(patched, models_home, run_main, fixtures, 
 
 # -- custom models --------------------------------------------------------------------------
 
-def test_custom_onnx_runs(bgrm, fixtures, tmp_path):
+def test_custom_onnx_runs(cli, fixtures, tmp_path):
     custom = tiny_onnx(tmp_path / "mine.onnx", sign=-1.0)
     src = fixtures / "chelsea.png"
-    proc = bgrm("image", src, "--model", custom, "-o", tmp_path / "out")
+    proc = cli("image", src, "--model", custom, "-o", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"bundled" not in proc.stderr
     assert red_correlation(tmp_path / "out" / "chelsea_processed.png", src) < -0.8
@@ -349,7 +349,7 @@ def test_custom_model_runs_at_its_familys_size(tmp_path):
     ("small", "u2net", ""),  # 160: no family fits
 ])
 def test_graph_that_does_not_fit_its_family_is_refused_before_any_file(
-        bgrm, fixtures, tmp_path, graph, family, hint):
+        cli, fixtures, tmp_path, graph, family, hint):
     size = 160 if graph == "small" else None
     bad = standin_onnx(tmp_path / "mine.onnx", "u2net" if graph == "small" else graph,
                        size=size)
@@ -357,7 +357,7 @@ def test_graph_that_does_not_fit_its_family_is_refused_before_any_file(
     extra = ["--model-family", family] if family else []
     for job, src in (("image", fixtures / "chelsea.png"),
                      ("video", fixtures / "no_time_for_that_tiny.gif")):
-        proc = bgrm(job, src, fixtures / "coffee.png", "--model", bad, *extra, "-o", out)
+        proc = cli(job, src, fixtures / "coffee.png", "--model", bad, *extra, "-o", out)
         err = proc.stderr.decode()
         assert proc.returncode == 2, err
         want = FAMILIES[family or "u2net"]
@@ -366,7 +366,7 @@ def test_graph_that_does_not_fit_its_family_is_refused_before_any_file(
         assert not out.exists() or not any(out.iterdir())
 
 
-def test_model_family_only_for_a_path_and_vitmatte_is_not_a_segmenter(bgrm, fixtures,
+def test_model_family_only_for_a_path_and_vitmatte_is_not_a_segmenter(cli, fixtures,
                                                                       tmp_path):
     src = fixtures / "chelsea.png"
     for args, says in ((["--model", "birefnet-general", "--model-family", "u2net"],
@@ -374,23 +374,23 @@ def test_model_family_only_for_a_path_and_vitmatte_is_not_a_segmenter(bgrm, fixt
                        (["--model-family", "isnet"], "no --model was given"),
                        (["--model", "vitmatte-small-composition-1k"], "ViTMatte"),
                        (["--model-family", "sam"], "--model-family")):
-        proc = bgrm("image", src, *args, "-o", tmp_path)
+        proc = cli("image", src, *args, "-o", tmp_path)
         err = proc.stderr.decode()
         assert proc.returncode == 2 and says in err, err
     # The family of a registry model may be named when it is the right one.
-    proc = bgrm("image", src, "--model", "u2netp", "--model-family", "u2net", "-o", tmp_path)
+    proc = cli("image", src, "--model", "u2netp", "--model-family", "u2net", "-o", tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"model": "u2netp", "model_family": "bria"}))
-    proc = bgrm("image", src, "--params", params, "-o", tmp_path)
+    proc = cli("image", src, "--params", params, "-o", tmp_path)
     assert proc.returncode == 2 and b"u2netp is a u2net model" in proc.stderr
 
 
 @pytest.mark.parametrize("shape", [{"out_channels": 3}, {"in_channels": 1}])
-def test_wrong_shaped_custom_onnx_fails_before_any_file(bgrm, fixtures, tmp_path, shape):
+def test_wrong_shaped_custom_onnx_fails_before_any_file(cli, fixtures, tmp_path, shape):
     bad = tiny_onnx(tmp_path / "bad.onnx", **shape)
     out = tmp_path / "out"
-    proc = bgrm("image", fixtures / "chelsea.png", fixtures / "coffee.png", fixtures / "rocket.jpg",
+    proc = cli("image", fixtures / "chelsea.png", fixtures / "coffee.png", fixtures / "rocket.jpg",
                 "--model", bad, "-o", out)
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
@@ -399,9 +399,9 @@ def test_wrong_shaped_custom_onnx_fails_before_any_file(bgrm, fixtures, tmp_path
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_wrong_shaped_custom_onnx_fails_for_video_too(bgrm, fixtures, tmp_path):
+def test_wrong_shaped_custom_onnx_fails_for_video_too(cli, fixtures, tmp_path):
     bad = tiny_onnx(tmp_path / "bad.onnx", out_channels=3)
-    proc = bgrm("video", fixtures / "no_time_for_that_tiny.gif", "--model", bad, "-o", tmp_path)
+    proc = cli("video", fixtures / "no_time_for_that_tiny.gif", "--model", bad, "-o", tmp_path)
     assert proc.returncode == 2 and b"1-channel saliency map" in proc.stderr
 
 
@@ -467,10 +467,10 @@ def test_folders_given_as_model_files_and_the_familys_article(run_main, fixtures
     assert status == 2 and "isnet-anime is an isnet model" in err, err
 
 
-def test_custom_not_onnx_and_missing(bgrm, fixtures, tmp_path):
+def test_custom_not_onnx_and_missing(cli, fixtures, tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"definitely not protobuf")
-    proc = bgrm("image", fixtures / "chelsea.png", "--model", junk, "-o", tmp_path)
+    proc = cli("image", fixtures / "chelsea.png", "--model", junk, "-o", tmp_path)
     assert proc.returncode == 2 and b"cannot be loaded by onnxruntime" in proc.stderr
     with pytest.raises(models.ModelError, match="no such file"):
         models.resolve(str(tmp_path / "absent.onnx"))
@@ -480,8 +480,8 @@ def test_custom_not_onnx_and_missing(bgrm, fixtures, tmp_path):
 
 # -- default model, device, threads --------------------------------------------------------------
 
-def test_default_notice_device_cpu_threads_1(bgrm, fixtures, tmp_path):
-    proc = bgrm("image", fixtures / "coffee.png", "-o", tmp_path, "--device", "cpu",
+def test_default_notice_device_cpu_threads_1(cli, fixtures, tmp_path):
+    proc = cli("image", fixtures / "coffee.png", "-o", tmp_path, "--device", "cpu",
                 "--threads", "1")
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
@@ -507,9 +507,9 @@ def _has_cuda() -> bool:
 
 
 @pytest.mark.skipif(_has_cuda(), reason="onnxruntime here has CUDA")
-def test_device_cuda_without_cuda_is_a_clear_error(bgrm, fixtures, tmp_path):
+def test_device_cuda_without_cuda_is_a_clear_error(cli, fixtures, tmp_path):
     # Three files so that the check happens before a pool would start.
-    proc = bgrm("image", fixtures / "chelsea.png", fixtures / "coffee.png",
+    proc = cli("image", fixtures / "chelsea.png", fixtures / "coffee.png",
                 fixtures / "rocket.jpg", "--device", "cuda", "-o", tmp_path / "out")
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
@@ -519,7 +519,7 @@ def test_device_cuda_without_cuda_is_a_clear_error(bgrm, fixtures, tmp_path):
 
 @pytest.mark.skipif(_has_cuda(), reason="onnxruntime here has CUDA")
 @pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
-def test_auto_falls_back_to_cpu_when_cuda_will_not_load(models_home, monkeypatch, capfd):
+def test_auto_falls_back_to_cpu_when_cuda_will_not_load(models_home, monkeypatch, caplog):
     # onnxruntime-gpu on a machine without a usable GPU: the provider is listed
     # but the session comes up on the CPU only.
     import onnxruntime as ort
@@ -532,9 +532,10 @@ def test_auto_falls_back_to_cpu_when_cuda_will_not_load(models_home, monkeypatch
     model = models.resolve("u2netp")
     seg = Segmenter(model, device="auto", threads=1)
     assert seg.session.get_providers() == ["CPUExecutionProvider"]
-    err = capfd.readouterr().err
-    notices = [line for line in err.splitlines() if line.startswith("bgrm:")]
-    assert notices == [notices[0]] and "running on the CPU" in notices[0]
+    # Logged (the command line prints bgrm's log lines on stderr): once, in bgrm's words.
+    notices = [r.getMessage() for r in caplog.records if r.name.startswith("bgrm")]
+    assert len(notices) == 1 and notices[0].startswith("bgrm: CUDA is not usable here")
+    assert "running on the CPU" in notices[0]
     with pytest.raises(ModelError, match="--device cuda: the CUDA provider failed"):
         Segmenter(model, device="cuda", threads=1)
 
@@ -600,8 +601,8 @@ def test_every_row_is_what_rembg_publishes():
     assert set(published) - set(REGISTRY) <= {"u2net_cloth_seg"}
 
 
-def test_listing_names_licence_and_source_of_every_model(bgrm, models_home):
-    listing = json.loads(bgrm("models", "list", "--json").stdout)
+def test_listing_names_licence_and_source_of_every_model(cli, models_home):
+    listing = json.loads(cli("models", "list", "--json").stdout)
     rows = {m["name"]: m for m in listing["models"]}
     assert set(rows) == set(REGISTRY)
     for name, row in rows.items():
@@ -611,7 +612,7 @@ def test_listing_names_licence_and_source_of_every_model(bgrm, models_home):
     assert rows["bria-rmbg"]["licence"].startswith("CC BY-NC 4.0")
     assert rows["vitmatte-small-distinctions-646"]["kind"] == "matting"
     assert rows["vitmatte-small-distinctions-646"]["family"] is None
-    text = bgrm("models", "list").stdout.decode()
+    text = cli("models", "list").stdout.decode()
     assert "CC BY-NC 4.0" in text and "~973 MB" in text
 
 

@@ -92,7 +92,6 @@ def test_no_network_at_all(tmp_path, env, fixtures):
 
 
 def test_offline_video_job(tmp_path, offline_env):
-    pytest.importorskip("bgrm.video.pipeline")
     env, log = offline_env
     clip = tmp_path / "clip.mp4"
     subprocess.run([_ffmpeg(), "-v", "error", "-f", "lavfi", "-i",

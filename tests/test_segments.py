@@ -140,15 +140,15 @@ def _no_leftovers(folder: Path, keep: str) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [keep]
 
 
-def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster, quick_model):
+def test_long_video_matches_local_run(cli, fixtures, tmp_path, cluster, quick_model):
     """3 segments (1 s each, 8 fps, default smoothing: its warm-up reaches back
     over a whole segment): the joined ProRes is the local run's, frame by frame."""
     address, _ = cluster
     clip = make_clip(tmp_path / "clip.mp4", fixtures / "astronaut.png", size=(128, 72),
                      frames=22, fps=8, audio=True)
     common = ["--model", quick_model, "--segment-seconds", "1"]
-    local = bgrm("video", clip, "-o", tmp_path / "local", *common)
-    remote = bgrm("video", clip, "-o", tmp_path / "remote", *common, "--scheduler", address,
+    local = cli("video", clip, "-o", tmp_path / "local", *common)
+    remote = cli("video", clip, "-o", tmp_path / "remote", *common, "--scheduler", address,
                   "--json")
     assert local.returncode == 0, local.stderr.decode()
     assert remote.returncode == 0, remote.stderr.decode()
@@ -156,14 +156,14 @@ def test_long_video_matches_local_run(bgrm, fixtures, tmp_path, cluster, quick_m
              tmp_path / "remote" / "clip_processed.mov", boundaries=2)
     _no_leftovers(tmp_path / "remote", "clip_processed.mov")
     # A GIF is not split (its parts could not be joined by copying), and says so.
-    gif = bgrm("video", clip, "-o", tmp_path / "gif", *common, "--video-format", "gif",
+    gif = cli("video", clip, "-o", tmp_path / "gif", *common, "--video-format", "gif",
                "--frame-limit", "12", "--scheduler", address)
     assert gif.returncode == 0, gif.stderr.decode()
     assert b"not split into segments, runs whole on one worker: a GIF" in gif.stderr
     assert probe(tmp_path / "gif" / "clip_processed.gif").count == 12
 
 
-def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_path, cluster,
+def test_vfr_frame_limit_and_framerate_across_boundaries(cli, fixtures, tmp_path, cluster,
                                                         quick_model):
     """A variable-rate clip (holds of 0.5 s and 0.4 s) whose picture starts 0.3 s
     after its sound, cut by --frame-limit 6 frames before its end; and the same
@@ -177,8 +177,8 @@ def test_vfr_frame_limit_and_framerate_across_boundaries(bgrm, fixtures, tmp_pat
     for extra, want in ((["--frame-limit", "24"], 24), (["--framerate", "4"], None)):
         args = ["--model", quick_model, "--segment-seconds", "1", "--temporal-smoothing",
                 "0.5", *extra]
-        local = bgrm("video", clip, "-o", tmp_path / "local", *args)
-        remote = bgrm("video", clip, "-o", tmp_path / "remote", *args, "--scheduler", address)
+        local = cli("video", clip, "-o", tmp_path / "local", *args)
+        remote = cli("video", clip, "-o", tmp_path / "remote", *args, "--scheduler", address)
         assert local.returncode == 0, local.stderr.decode()
         assert remote.returncode == 0, remote.stderr.decode()
         joined = tmp_path / "remote" / "vfr_processed.mov"
@@ -210,7 +210,7 @@ def _run_killing(address: str, client, cmd: list, folder: Path, sig_client: bool
     return proc, hit
 
 
-def test_worker_killed_mid_segment(bgrm, fixtures, tmp_path, cluster, quick_model):
+def test_worker_killed_mid_segment(cli, fixtures, tmp_path, cluster, quick_model):
     """SIGKILL a worker while it encodes a part: the segment is run again on the
     other worker, the output is whole and the same, no part is left behind.
     The nanny restarts the killed worker."""
@@ -226,7 +226,7 @@ def test_worker_killed_mid_segment(bgrm, fixtures, tmp_path, cluster, quick_mode
     stdout, stderr = proc.communicate(timeout=240)
     assert hit is not None, "the parts were written before one could be interrupted"
     assert proc.returncode == 0, stderr.decode()
-    local = bgrm("video", clip, "-o", tmp_path / "local", *args)
+    local = cli("video", clip, "-o", tmp_path / "local", *args)
     assert local.returncode == 0, local.stderr.decode()
     _compare(tmp_path / "local" / "clip_processed.mov", out / "clip_processed.mov",
              boundaries=2)
@@ -249,9 +249,10 @@ def test_ctrl_c_leaves_no_parts(fixtures, tmp_path, cluster):
     proc.communicate(timeout=120)
     assert hit is not None
     assert proc.returncode == 130
-    deadline = time.monotonic() + 30
-    while client.processing() and any(client.processing().values()) \
-            and time.monotonic() < deadline:
+    # A cancelled task's thread runs on until it stops by itself: wait until no
+    # worker thread runs any task, then nothing can write any more.
+    deadline = time.monotonic() + 60
+    while any(client.run(lambda dask_worker: len(dask_worker.active_threads)).values()):
+        assert time.monotonic() < deadline, "a segment never stopped"
         time.sleep(0.2)
-    time.sleep(1)
     assert list(out.iterdir()) == []

@@ -21,7 +21,9 @@ pytest.importorskip("starlette")
 # Decoding a picture whose file ends with this marker never ends (a hung file).
 MARK = b"HANG-HANG-HANG!!"
 HUNG_DECODE = f'''
+import os
 import time
+import uuid
 from pathlib import Path
 
 import bgrm.image
@@ -31,6 +33,8 @@ _real = bgrm.image.decode
 
 def _decode(data, name):
     if isinstance(data, Path) and data.read_bytes()[-16:] == {MARK!r}:
+        if "BGRM_TEST_MARKS" in os.environ:  # says when each hung file begins
+            (Path(os.environ["BGRM_TEST_MARKS"]) / uuid.uuid4().hex).touch()
         time.sleep(3600)
     return _real(data, name)
 
@@ -145,7 +149,10 @@ def test_a_hung_file_times_out_alone(env, fixtures, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(HUNG_DECODE)
-    hook_env = dict(env, PYTHONPATH=os.pathsep.join([str(site), env["PYTHONPATH"]]))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    hook_env = dict(env, PYTHONPATH=os.pathsep.join([str(site), env["PYTHONPATH"]]),
+                    BGRM_TEST_MARKS=str(marks))
     server = Server(hook_env, tmp_path / "data", "--timeout", "8")
     try:
         hung = ("files", ("hung.png", (fixtures / "chelsea.png").read_bytes() + MARK))
@@ -157,9 +164,12 @@ def test_a_hung_file_times_out_alone(env, fixtures, tmp_path):
         after = server.convert(_photos(fixtures, 1), {"convert_to": IMAGE}).json()["uuid"]
         assert server.wait(after, timeout=60)["failed"] == []  # the queue goes on
         # SIGTERM while a file cannot finish: the server still stops, in its grace time.
-        again = server.convert([hung], {"convert_to": IMAGE}).json()["uuid"]
-        server.wait(again, until=lambda a: True)
-        time.sleep(1)
+        began = len(list(marks.iterdir()))
+        server.convert([hung], {"convert_to": IMAGE})
+        deadline = time.monotonic() + 60
+        while len(list(marks.iterdir())) == began:  # until the hung file is under way
+            assert time.monotonic() < deadline, "the hung file never began"
+            time.sleep(0.05)
         t0 = time.monotonic()
         assert server.signal(signal.SIGTERM) == 128 + signal.SIGTERM
         assert time.monotonic() - t0 < 30

@@ -66,10 +66,10 @@ def test_the_same_file_is_listed_once(tmp_path):
     assert len(dupes) == 4 and all(d.ok and d.same_as == str(x) for d in dupes)
 
 
-def test_cli_mirrors_the_tree_and_runs_a_file_given_twice_once(bgrm, tmp_path):
+def test_cli_mirrors_the_tree_and_runs_a_file_given_twice_once(cli, tmp_path):
     shots = _tree(tmp_path / "shots")
     out = tmp_path / "cut"
-    proc = bgrm("image", shots, shots / "a" / "x.png", "-r", "-o", out, "--json")
+    proc = cli("image", shots, shots / "a" / "x.png", "-r", "-o", out, "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     made = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert made == ["a/x_processed.png", "b/deep/y_processed.png", "b/x_processed.png",

@@ -67,13 +67,13 @@ def _alpha_split(p) -> tuple[float, float]:
 
 @pytest.mark.parametrize("fmt", ["mov", "mattekey", "gif", "video_over_image",
                                  "video_over_video", "gif_with_bg", "mp4_with_color"])
-def test_each_format_is_frame_exact_with_the_right_alpha_and_audio(bgrm, clips, fixtures,
+def test_each_format_is_frame_exact_with_the_right_alpha_and_audio(cli, clips, fixtures,
                                                                    out, fmt):
     extra = [fixtures / a if a.endswith(".png") else clips["bg"] if a == "<bg>" else a
              for a in FORMAT_ARGS.get(fmt, ())]
     # mov gets every frame; the others half, to keep the suite fast.
     frames = 12 if fmt == "mov" else 6
-    proc = _ok(bgrm("video", clips["talk"], "--video-format", fmt, *extra, "-o", out,
+    proc = _ok(cli("video", clips["talk"], "--video-format", fmt, *extra, "-o", out,
                     "--frame-limit", frames, "--json"))
     ext = {"mov": "mov", "gif": "gif", "gif_with_bg": "gif"}.get(fmt, "mp4")
     result = out / f"talk_processed.{ext}"
@@ -103,8 +103,8 @@ def test_each_format_is_frame_exact_with_the_right_alpha_and_audio(bgrm, clips, 
         assert "prores (4444)" in p.header and "yuva444p" in p.header
 
 
-def test_frame_limit_cuts_picture_and_audio(bgrm, clips, out, quick_model):
-    _ok(bgrm("video", clips["talk"], "--video-format", "mp4_with_color", "--frame-limit", "5",
+def test_frame_limit_cuts_picture_and_audio(cli, clips, out, quick_model):
+    _ok(cli("video", clips["talk"], "--video-format", "mp4_with_color", "--frame-limit", "5",
              "-o", out, "--model", quick_model))
     p = probe(out / "talk_processed.mp4")
     assert p.count == 5
@@ -113,12 +113,12 @@ def test_frame_limit_cuts_picture_and_audio(bgrm, clips, out, quick_model):
     params = out.parent / "params.json"
     params.write_text(json.dumps({"convert_to": "video-backgroundremover",
                                   "video_format": "mattekey", "frame_limit": "500"}))
-    _ok(bgrm("video", clips["bg"], "--params", params, "-o", out, "--model", quick_model))
+    _ok(cli("video", clips["bg"], "--params", params, "-o", out, "--model", quick_model))
     assert probe(out / "waves_processed.mp4").count == 5
 
 
-def test_framerate_picks_frames_by_time_and_keeps_duration(bgrm, clips, out):
-    _ok(bgrm("video", clips["talk"], "--framerate", "4", "-o", out))
+def test_framerate_picks_frames_by_time_and_keeps_duration(cli, clips, out):
+    _ok(cli("video", clips["talk"], "--framerate", "4", "-o", out))
     p = probe(out / "talk_processed.mov")
     assert p.count == 4
     assert p.pts == pytest.approx([0, 0.25, 0.5, 0.75], abs=0.01)
@@ -126,11 +126,11 @@ def test_framerate_picks_frames_by_time_and_keeps_duration(bgrm, clips, out):
     assert p.audio_seconds == pytest.approx(1.0, abs=0.03)
 
 
-def test_many_inputs_rotated_odd_vfr_silent_webm(bgrm, clips, out, quick_model):
+def test_many_inputs_rotated_odd_vfr_silent_webm(cli, clips, out, quick_model):
     names = ["rotated", "odd", "vfr", "silent", "webm"]
     # Seven frames: enough to cross the variable-rate clip's hold after its sixth. What
     # is tested is the containers' handling, so a stand-in model makes the masks.
-    proc = _ok(bgrm("video", *(clips[n] for n in names), "--frame-limit", "7", "-o", out,
+    proc = _ok(cli("video", *(clips[n] for n in names), "--frame-limit", "7", "-o", out,
                     "--json", "--model", quick_model))
     assert len(json.loads(proc.stdout)["files"]) == 5
     rotated = probe(out / "rotated_processed.mov", autorotate=False)
@@ -149,19 +149,19 @@ def test_many_inputs_rotated_odd_vfr_silent_webm(bgrm, clips, out, quick_model):
     assert webm.count == 7 and webm.audio_seconds == pytest.approx(7 / 12, abs=0.03)
 
 
-def test_odd_size_h264_is_padded_by_one_and_said(bgrm, clips, out):
-    proc = _ok(bgrm("video", clips["odd"], "--video-format", "mp4_with_color",
+def test_odd_size_h264_is_padded_by_one_and_said(cli, clips, out):
+    proc = _ok(cli("video", clips["odd"], "--video-format", "mp4_with_color",
                     "--frame-limit", "3", "-o", out))
     assert b"161x97 has an odd side" in proc.stderr
     p = probe(out / "odd_processed.mp4")
     assert p.size == (162, 98) and p.count == 3
 
 
-def test_alpha_matting_applies_to_every_frame(bgrm, clips, out, tmp_path):
-    _ok(bgrm("video", clips["silent"], "--alpha-matting", "--alpha-base-size", "160",
+def test_alpha_matting_applies_to_every_frame(cli, clips, out, tmp_path):
+    _ok(cli("video", clips["silent"], "--alpha-matting", "--alpha-base-size", "160",
              "--frame-limit", "3", "--video-format", "gif", "-o", out))
     plain = tmp_path / "plain"
-    _ok(bgrm("video", clips["silent"], "--frame-limit", "3", "--video-format", "gif",
+    _ok(cli("video", clips["silent"], "--frame-limit", "3", "--video-format", "gif",
              "-o", plain))
     matted, unmatted = probe(out / "silent_processed.gif"), probe(plain /
                                                                      "silent_processed.gif")
@@ -170,7 +170,7 @@ def test_alpha_matting_applies_to_every_frame(bgrm, clips, out, tmp_path):
         assert (matted.frames[i, ..., 3] != unmatted.frames[i, ..., 3]).any()
 
 
-def test_video_alpha_matting_gives_the_same_bytes_on_every_run(bgrm, clips, tmp_path,
+def test_video_alpha_matting_gives_the_same_bytes_on_every_run(cli, clips, tmp_path,
                                                                 quick_model):
     # Frames are matted on several threads at once: no frame's matte may
     # depend on which of the others finished first (when each frame's solve
@@ -180,7 +180,7 @@ def test_video_alpha_matting_gives_the_same_bytes_on_every_run(bgrm, clips, tmp_
     runs = []
     for i in range(2):
         out = tmp_path / f"run{i}"
-        _ok(bgrm("video", clips["talk"], "--alpha-matting", "--frame-limit", "10",
+        _ok(cli("video", clips["talk"], "--alpha-matting", "--frame-limit", "10",
                  "--video-format", "png_sequence", "-o", out, "--model", quick_model))
         runs.append(sorted((out / "talk_processed").glob("*.png")))
     assert len(runs[0]) == 10
@@ -199,10 +199,10 @@ def _broken(d: Path, clips) -> list[Path]:
     return [d / "empty.mp4", d / "noise.mp4", d / "cut.webm", d / "song.m4a"]
 
 
-def test_bad_videos_fail_alone_with_one_clear_line_and_no_output(bgrm, clips, tmp_path):
+def test_bad_videos_fail_alone_with_one_clear_line_and_no_output(cli, clips, tmp_path):
     bad = _broken(tmp_path / "in", clips)
     out = tmp_path / "out"
-    proc = bgrm("video", *bad, clips["silent"], "--framerate", "2", "-o", out, "--json")
+    proc = cli("video", *bad, clips["silent"], "--framerate", "2", "-o", out, "--json")
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert [f["filename"] for f in report["files"]] == ["silent_processed.mov"]

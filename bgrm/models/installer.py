@@ -52,7 +52,7 @@ def _open_source(source: str):
         import urllib.error
         import urllib.request
 
-        from bgrm import __version__
+        from bgrm.version import __version__
 
         request = urllib.request.Request(source, headers={"User-Agent": f"bgrm/{__version__}"})
         try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +262,7 @@ def resolve(model: str | None, family: str | None = None, notice=None) -> Resolv
     """Pick the file for ``--model`` (a registry name, a path, or None for the default).
 
     With no model named, u2net is used when installed, otherwise the bundled
-    u2netp, and ``notice`` (default: stderr) is told so in one line. ``family``
+    u2netp, and ``notice`` (default: the ``bgrm.models`` logger) is told so in one line. ``family``
     (``--model-family``) says how to run a path; a registry model has its own.
     """
     if family is not None and family not in FAMILIES:
@@ -275,7 +275,7 @@ def resolve(model: str | None, family: str | None = None, notice=None) -> Resolv
         default = REGISTRY[DEFAULT_MODEL]
         if _found(default) is not None:
             return ResolvedModel(default, _verified(default))
-        say = notice or (lambda msg: print(msg, file=sys.stderr))
+        say = notice or logging.getLogger("bgrm.models").warning
         say(f"bgrm: {DEFAULT_MODEL} is not installed in {models_dir()}; "
             f"using the bundled {FALLBACK_MODEL} (faster, less precise)")
         model = FALLBACK_MODEL

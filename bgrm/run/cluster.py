@@ -22,132 +22,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
-from bgrm import __version__
 from bgrm.errors import BgrmError, ClusterError, ParameterError
 from bgrm.report import Result
-from bgrm.run import Done, Emit, Executor, Progress, timed_out
+from bgrm.run.base import Done, Emit, Executor, Progress, run_task, timed_out
+from bgrm.run.dasktools import (
+    PLUGIN_NAME,
+    PROGRESS_EVERY_S,
+    RETRIES,
+    TOPIC,
+    Events,
+    ModelCache,
+    failure,
+    plugin,
+    require_dask,
+    version_mismatch,
+)
+from bgrm.version import __version__
 
-try:
-    from distributed import WorkerPlugin
-except ImportError as exc:  # the optional extra is not installed
-    WorkerPlugin = object  # type: ignore[assignment,misc]
-    _MISSING: ImportError | None = exc
-else:
-    _MISSING = None
-
-PLUGIN_NAME = "bgrm-models"
-TOPIC = "bgrm-progress"  # one shared topic: the scheduler keeps a bounded log per topic
-RETRIES = 2  # for an exception escaping a task; lost workers are Dask's allowed-failures
-PROGRESS_EVERY_S = 0.25  # at most this often per task, so long videos do not flood
 MIN_IN_FLIGHT = 64  # tasks submitted ahead; more with more worker threads
-
-
-def require_dask() -> None:
-    if _MISSING is not None:
-        raise ParameterError("--scheduler needs Dask distributed, which is not installed "
-                             f"({_MISSING}); install it with: pip install 'bgrm[dask]'")
-
-
-# -- on the workers ----------------------------------------------------------------------
-
-
-class ModelCache(WorkerPlugin):
-    """One segmenter per model, device and thread count on each worker.
-
-    ``segment.get_segmenter`` already caches per process (a Dask worker is one
-    process); this plugin adds what a long-lived, multi-threaded worker needs:
-    re-resolving the model where the worker is, loading it once under a lock
-    when several task threads start together, noticing a model file replaced
-    on disk between runs, and freeing the sessions when the plugin goes.
-    """
-
-    name = PLUGIN_NAME
-    idempotent = True  # a later run reuses the workers' loaded models
-
-    def setup(self, worker) -> None:
-        state = getattr(worker, "state", None)
-        self.nthreads = getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1)
-        self._lock = threading.Lock()
-        self._stamps: dict[str, tuple | None] = {}  # model path -> its file when loaded
-        self._resolved: dict[str, tuple] = {}  # registry name -> (ResolvedModel, stamp)
-
-    def teardown(self, worker) -> None:
-        from bgrm.segment import SEGMENTERS
-
-        for path in list(self._stamps):
-            SEGMENTERS.forget(path)
-        self._stamps.clear()
-        self._resolved.clear()
-
-    def runtime(self, runtime):
-        """``runtime`` as this worker runs it: its model file, its thread count."""
-        from bgrm.segment import get_segmenter
-
-        if runtime.threads:
-            threads = runtime.threads
-        else:
-            from dask.system import CPU_COUNT
-
-            # Task threads share the cores: each session gets its share.
-            threads = max(1, CPU_COUNT // max(1, self.nthreads))
-        with self._lock:
-            model = runtime.model
-            if not model.custom:
-                model = self._resolve(model.spec.name)
-            runtime = replace(runtime, model=model, threads=threads)
-            stamp = _stamp(model.path)
-            if self._stamps.get(str(model.path), stamp) != stamp:
-                from bgrm.segment import SEGMENTERS
-
-                SEGMENTERS.forget(model.path)  # replaced on disk since it was loaded
-            self._stamps[str(model.path)] = stamp
-            with contextlib.suppress(Exception):
-                # Errors are left to run_task, which reports them as a local run does.
-                get_segmenter(model, runtime.device, threads, runtime.spinning)
-        return runtime
-
-    def _resolve(self, name: str):
-        """``models.resolve(name)`` on this worker, its md5 check done once per file."""
-        from bgrm.models import REGISTRY, installed_path, resolve
-
-        installed = installed_path(REGISTRY[name])
-        hit = self._resolved.get(name)
-        if hit is not None:
-            model, stamp = hit
-            # Still the file resolve would pick (an install wins over the
-            # bundled copy), and unchanged since it was checked.
-            if (model.path == installed or not installed.is_file()) and \
-                    stamp is not None and _stamp(model.path) == stamp:
-                return model
-        model = resolve(name)
-        self._resolved[name] = (model, _stamp(model.path))
-        return model
-
-
-def _stamp(path: Path) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-def _plugin(worker) -> ModelCache:
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    if plugin is None:  # registered after this worker's task began: one of its own
-        plugin = ModelCache()
-        plugin.setup(worker)
-        worker.plugins[PLUGIN_NAME] = plugin
-    return plugin
 
 
 def process(task, index: int, run: str, client_version: str):
@@ -155,13 +53,11 @@ def process(task, index: int, run: str, client_version: str):
     from distributed import get_worker
 
     from bgrm.outputs import tmp_name
-    from bgrm.run import run_task
 
     worker = get_worker()
-    if client_version != __version__:
-        return 0, Result(task.name, error=(
-            f"{task.name}: worker {worker.address} runs bgrm {__version__} and this "
-            f"client bgrm {client_version}; install the same version everywhere"))
+    mismatch = version_mismatch(task.name, worker, client_version)
+    if mismatch:
+        return 0, Result(task.name, error=mismatch)
     sent = [0, 0, time.monotonic()]  # done, reported, when
 
     def report(**extra) -> None:
@@ -179,7 +75,7 @@ def process(task, index: int, run: str, client_version: str):
             report()
 
     try:
-        runtime = _plugin(worker).runtime(task.runtime)
+        runtime = plugin(worker).runtime(task.runtime)
     except BgrmError as exc:
         return 0, Result(task.name, error=f"{task.name}: on worker {worker.address}: {exc}")
     result = run_task(replace(task, runtime=runtime), progress)
@@ -221,21 +117,6 @@ def _register(client, address: str) -> None:
         raise ClusterError(f"a worker of {address} cannot load bgrm "
                            f"({type(exc).__name__}: {exc}); every worker needs bgrm and "
                            "its models installed: pip install 'bgrm[dask]'") from None
-
-
-def _failure(task, exc: BaseException) -> Result:
-    kind = type(exc).__name__
-    if kind == "KilledWorker":
-        tries = getattr(exc, "allowed_failures", 0) + 1
-        return Result(task.name, error=f"{task.name}: the worker processing it died, "
-                                      f"{tries} times on different workers (out of memory?)")
-    if kind in ("CancelledError", "FutureCancelledError"):
-        return Result(task.name, error=f"{task.name}: cancelled on the cluster (the scheduler "
-                                      "went away, or the task was cancelled there)")
-    hint = ""
-    if isinstance(exc, ImportError) and "bgrm" in str(exc):
-        hint = " (every worker needs bgrm installed, the same version as here)"
-    return Result(task.name, error=f"{task.name}: failed on the cluster: {kind}: {exc}{hint}")
 
 
 @contextlib.contextmanager
@@ -282,7 +163,7 @@ class Cluster(Executor):
                          f"(dask worker {self.address})")
             # A video longer than --segment-seconds is split into segments over the
             # whole cluster, so one long file does not keep a single worker busy.
-            from bgrm.video.segments_dask import run_long_videos
+            from bgrm.run.splits import run_long_videos
 
             items, long = run_long_videos(items, self.say)
             if items:
@@ -307,7 +188,7 @@ class _Run:
         self.cluster, self.client, self.tasks, self.emit = cluster, cluster._client, tasks, emit
         self.futures = cluster._futures
         self.run = uuid.uuid4().hex
-        self.events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
+        self.events = Events(self.client, self.run)
         self.reported = dict.fromkeys(tasks, 0)  # progress forwarded: retries never count twice
         self.tmps: dict[int, set[str]] = {i: set() for i in tasks}  # each attempt's temporary
         self.running: dict[int, tuple[str, float]] = {}  # index -> (worker, since) for --timeout
@@ -316,7 +197,7 @@ class _Run:
         self.window = [MIN_IN_FLIGHT, 0.0]  # tasks to keep submitted ahead, when last sized
 
     def loop(self) -> None:
-        self.client.subscribe_topic(TOPIC, self._on_event)
+        self.events.open()
         failed: set[int] = set()
         try:
             self._submit()
@@ -328,18 +209,12 @@ class _Run:
                     self.emit(Done(index, result))
                 self._submit()
         finally:
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(TOPIC)
+            self.events.close()
         # Temporaries of attempts whose worker died before cleaning up after
         # itself: a finished attempt renamed or removed its own.
         for index, names in self.tmps.items():
             if len(names) > 1 or index in failed:
                 self.cluster.leftovers.update(names)
-
-    def _on_event(self, event) -> None:
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("run") == self.run:
-            self.events.put(("progress", msg))
 
     def _submit(self) -> None:
         if time.monotonic() - self.window[1] > 5:  # workers come and go
@@ -353,7 +228,7 @@ class _Run:
             future = self.client.submit(process, task, index, self.run, __version__,
                                         key=f"bgrm-{task.job}-{self.run}-{index}",
                                         retries=RETRIES, pure=False)
-            future.add_done_callback(lambda f, i=index: self.events.put(("done", i)))
+            self.events.watch(future, index)
             self.futures[index] = future
             count -= 1
             if count <= 0:
@@ -366,14 +241,7 @@ class _Run:
         if timeout and self.running:
             wait_s = max(0.0, min(t for _, t in self.running.values()) + timeout
                          - time.monotonic())
-        try:
-            batch = [self.events.get(timeout=wait_s)]
-        except queue.Empty:
-            return []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                batch.append(self.events.get_nowait())
-        return batch
+        return self.events.next(wait_s)
 
     def _next(self) -> list[tuple[int, Result]]:
         """Results finished (or timed out) since the last call."""
@@ -405,7 +273,7 @@ class _Run:
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:  # noqa: BLE001 - cancelled futures raise too
-                    result = _failure(self.tasks[index], exc)
+                    result = failure(self.tasks[index], exc)
                 if index not in self.over:
                     out.append((index, result))
         return out

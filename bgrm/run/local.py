@@ -10,7 +10,7 @@ import threading
 import time
 
 from bgrm.outputs import remove_leftovers, remove_tmp
-from bgrm.run import Done, Emit, Executor, Progress, Task, run_task, timed_out
+from bgrm.run.base import Done, Emit, Executor, Progress, Task, run_task, timed_out
 
 
 class _TimedOut(BaseException):

@@ -19,8 +19,8 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from bgrm.errors import unwind_on_termination
-from bgrm.run import Done, Emit, Executor, Progress, died, run_task, timed_out
-from bgrm.stdio import stdout_to_stderr
+from bgrm.run.base import Done, Emit, Executor, Progress, died, run_task, timed_out
+from bgrm.stdio import quiet_pillow_warnings, stdout_to_stderr
 
 Fn = Callable[[Any, Callable[[int], None]], Any]
 
@@ -28,6 +28,7 @@ Fn = Callable[[Any, Callable[[int], None]], Any]
 def _worker(conn, fn: Fn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C does
     unwind_on_termination()
+    quiet_pillow_warnings()  # as in the command line's process: this one is bgrm's own
     # The parent's stdout carries --json; anything a library prints in a worker
     # (warnings, C-level banners) goes to stderr instead.
     with stdout_to_stderr():

@@ -24,11 +24,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from bgrm import __version__
 from bgrm.errors import BgrmError
-from bgrm.serve import openapi, show_size
+from bgrm.serve import openapi
 from bgrm.serve.jobs import BACKGROUND_FIELDS, Service
+from bgrm.serve.units import show_size
 from bgrm.serve.upload import NO_SPACE, Allowance, FormError, read_form
+from bgrm.version import __version__
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_SMALL_BODY = 64 * 1024  # a /v1/results/ request: a uuid

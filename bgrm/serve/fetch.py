@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgrm import __version__
 from bgrm.outputs import describe_os_error, remove_tmp, tmp_name
 from bgrm.serve.upload import extension, safe_name
+from bgrm.version import __version__
 
 USER_AGENT = f"bgrm/{__version__}"
 REDIRECTS = frozenset({301, 302, 303, 307, 308})

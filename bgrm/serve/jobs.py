@@ -76,7 +76,7 @@ class Limits:
 
 def default_timeout(tasks: list[Task]) -> float:
     """Seconds allowed per file for a batch: the largest any of its files needs."""
-    from bgrm.progress import estimate_frames
+    from bgrm.video.reader import estimate_frames
 
     worst = 0.0
     for task in tasks:

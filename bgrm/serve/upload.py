@@ -20,7 +20,7 @@ from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
-from bgrm.serve import show_size
+from bgrm.serve.units import show_size
 
 MAX_FIELD_BYTES = 64 * 1024  # a parameter's value; the longest real one is a colour
 MAX_PARTS = 1000

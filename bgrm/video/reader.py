@@ -81,6 +81,17 @@ def header(path: Path) -> tuple[float | None, float | None]:
     return duration, rate
 
 
+def estimate_frames(path: Path, opts) -> int | None:
+    """Frames ``path`` will give with these video options (``framerate``,
+    ``frame_limit``), from its header: a progress total or a time budget."""
+    duration, rate = header(path)
+    rate = opts.framerate or rate
+    frames = round(duration * rate) if duration and rate else None
+    if opts.frame_limit is not None:
+        frames = min(frames, opts.frame_limit) if frames is not None else opts.frame_limit
+    return frames
+
+
 @dataclass
 class Frame:
     index: int

@@ -40,7 +40,7 @@ from bgrm.options import VideoOptions
 from bgrm.video.formats import FORMATS, Format
 from bgrm.video.reader import VideoReader, ffmpeg, header
 from bgrm.video.writer import (
-    _TICKS_PER_S,
+    TICKS_PER_S,
     audio_input,
     container,
     open_output,
@@ -250,7 +250,7 @@ class Cut:
 
     def wrote(self, writer) -> None:
         self.count, self.origin = writer.count, writer.origin
-        self.end = writer.origin / _TICKS_PER_S + writer.end
+        self.end = writer.origin / TICKS_PER_S + writer.end
         self.has_audio = self._frames is not None and self._frames.info.has_audio
 
 
@@ -322,7 +322,7 @@ def _concat(parts: list[Part], picture: Path, fmt: Format, name: str, dst: Path,
         path = str(part.path.resolve()).replace("'", "'\\''")
         lines.append(f"file '{path}'")
         if after is not None:
-            lines.append(f"duration {(after.origin - part.origin) / _TICKS_PER_S:.6f}")
+            lines.append(f"duration {(after.origin - part.origin) / TICKS_PER_S:.6f}")
     listing.write_text("\n".join(lines) + "\n")
     sound_in, sound_out = [], []
     if audio is not None:

@@ -33,7 +33,7 @@ from bgrm.video.reader import ffmpeg, first_error, split_line
 # Matroska ticks of 0.1 ms: fine enough for any real frame rate, and the
 # resulting 1/10000 time base suits mp4, mov and gif alike.
 _TICK_NS = 100_000
-_TICKS_PER_S = 1_000_000_000 // _TICK_NS
+TICKS_PER_S = 1_000_000_000 // _TICK_NS
 
 
 def _id(value: int) -> bytes:
@@ -70,7 +70,7 @@ def mkv_header(width: int, height: int, fourcc: bytes, rate: Fraction | None) ->
 
 def to_ticks(seconds: float) -> int:
     """``seconds`` in the writer's ticks, as it places a frame."""
-    return round(max(seconds, 0.0) * _TICKS_PER_S)
+    return round(max(seconds, 0.0) * TICKS_PER_S)
 
 
 def mkv_frame(ticks: int, size: int) -> bytes:
@@ -147,9 +147,9 @@ class VideoWriter:
         # closer than a tick (broken timestamps) are kept one tick apart.
         ticks = max(to_ticks(pts) - self.origin, self._last_ticks + 1)
         if self.rate is None and self._last_ticks >= 0:
-            self._last_step = (ticks - self._last_ticks) / _TICKS_PER_S
+            self._last_step = (ticks - self._last_ticks) / TICKS_PER_S
         self._last_ticks = ticks
-        self.end = (ticks / _TICKS_PER_S) + (self._last_step or 0.04)
+        self.end = (ticks / TICKS_PER_S) + (self._last_step or 0.04)
         pixels = np.ascontiguousarray(pixels)
         self._send(mkv_frame(ticks, pixels.nbytes))
         self._send(memoryview(pixels).cast("B"))

@@ -1,7 +1,8 @@
 """``bgrm video long.mp4 --scheduler``: one long video's segments as Dask tasks.
 
-The thin glue between ``bgrm.video.segments`` (plan, parts, join) and the
-cluster code (connection, the workers' model cache, progress events). Each
+The thin glue between ``bgrm.video.segments`` (plan, parts, join) and what the
+Dask client and workers share (``dasktools``: the workers' model cache,
+progress events). Each
 segment is one task; its part is written atomically into a hidden folder
 beside the output, which the client removes at the end whatever happened.
 A worker lost mid-segment leaves at most a temporary file in that folder, and
@@ -14,25 +15,27 @@ atomically: it is there whole, or not at all.
 from __future__ import annotations
 
 import contextlib
-import queue
 import shutil
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from bgrm import __version__
 from bgrm.errors import BgrmError
-from bgrm.outputs import TMP_MARK
+from bgrm.outputs import TMP_MARK, holding
 from bgrm.report import Result
+from bgrm.run.base import Done, Progress, timed_out
+from bgrm.run.dasktools import (
+    PROGRESS_EVERY_S,
+    RETRIES,
+    TOPIC,
+    Events,
+    failure,
+    plugin,
+    version_mismatch,
+)
+from bgrm.version import __version__
 from bgrm.video import segments
-
-
-def _cluster():
-    """The cluster module: its connection, plugin and event helpers."""
-    from bgrm.run import cluster
-
-    return cluster
 
 
 class _Gone(Exception):
@@ -53,31 +56,29 @@ def make_part(task, folder: Path, span: segments.Span, run: str, client_version:
 
     from bgrm.segment import get_segmenter
 
-    cluster = _cluster()
     worker = get_worker()
-    if client_version != __version__:
-        return "error", (f"{task.name}: worker {worker.address} runs bgrm {__version__} and "
-                         f"this client bgrm {client_version}; install the same version "
-                         "everywhere")
+    mismatch = version_mismatch(task.name, worker, client_version)
+    if mismatch:
+        return "error", mismatch
     sent = [0, time.monotonic()]
 
     def progress(n: int) -> None:
         sent[0] += n
-        if time.monotonic() - sent[1] >= cluster.PROGRESS_EVERY_S:
+        if time.monotonic() - sent[1] >= PROGRESS_EVERY_S:
             if not folder.is_dir():
                 raise _Gone(f"{task.name}: segment {span.index} given up")
-            worker.log_event(cluster.TOPIC, {"run": run, "i": span.index, "n": sent[0]})
+            worker.log_event(TOPIC, {"run": run, "i": span.index, "n": sent[0]})
             sent[1] = time.monotonic()
 
     try:
-        runtime = cluster._plugin(worker).runtime(task.runtime)
+        runtime = plugin(worker).runtime(task.runtime)
         segmenter = get_segmenter(runtime.model, runtime.device, runtime.threads,
                                   runtime.spinning)
         part = segments.make_part(task.src, folder, span, task.options, segmenter, progress)
     except BgrmError as exc:
         # The same on any worker: said once, not retried.
         return "error", " ".join(str(exc).split())
-    worker.log_event(cluster.TOPIC, {"run": run, "i": span.index, "n": sent[0]})
+    worker.log_event(TOPIC, {"run": run, "i": span.index, "n": sent[0]})
     return "part", part
 
 
@@ -103,8 +104,6 @@ def run_long_videos(items: list[tuple[int, object]], say: Callable[[str], None])
     """``(the other items, run)``: ``run(client, emit, timeout)`` runs the long
     videos among ``items``, one after the other, each over the whole cluster, and
     emits their progress and results as ``Cluster`` does."""
-    from bgrm.run import Done, Progress
-
     plans = {i: p for i, task in items if (p := plan_or_none(task, say)) is not None}
     long = [(i, t) for i, t in items if i in plans]
 
@@ -138,17 +137,11 @@ class _Split:
 
     def __init__(self, client, task, plan: segments.Plan, progress: Callable[[int], None]):
         self.client, self.task, self.plan, self.progress = client, task, plan, progress
-        self.cluster = _cluster()
         self.run = uuid.uuid4().hex
         self.folder = parts_folder(task.dst, self.run)
-        self.events: queue.Queue = queue.Queue()  # filled on the client's event loop thread
+        self.events = Events(client, self.run)
         self.reported = dict.fromkeys(range(len(plan.spans)), 0)  # retries never count twice
         self.futures: dict[int, object] = {}
-
-    def on_event(self, event) -> None:
-        msg = event[1]
-        if isinstance(msg, dict) and msg.get("run") == self.run:
-            self.events.put(("progress", msg["i"], msg["n"]))
 
     def advance(self, i: int, n: int) -> None:
         if n > self.reported[i]:
@@ -158,38 +151,38 @@ class _Split:
     def submit(self) -> None:
         """The parts folder, the progress subscription, one task per segment."""
         self.folder.mkdir(parents=True)
-        self.client.subscribe_topic(self.cluster.TOPIC, self.on_event)
+        self.events.open()
         for span in self.plan.spans:
             future = self.client.submit(make_part, self.task, self.folder, span, self.run,
                                         __version__, key=f"bgrm-segment-{self.run}-{span.index}",
-                                        retries=self.cluster.RETRIES, pure=False)
-            future.add_done_callback(lambda f, i=span.index: self.events.put(("done", i, 0)))
+                                        retries=RETRIES, pure=False)
+            self.events.watch(future, span.index)
             self.futures[span.index] = future
 
     def wait(self, timeout: float | None) -> tuple[list[segments.Part], Result | None]:
         """``(every part, None)``, or at the first failure or the timeout
         ``(the parts so far, the failed Result)``."""
-        from bgrm.run import timed_out
-
         parts: list[segments.Part] = []
         error = None
         until = None if not timeout else time.monotonic() + timeout
         while self.futures and error is None:
-            try:
-                what, i, n = self.events.get(timeout=None if until is None else
-                                             max(0.0, until - time.monotonic()))
-            except queue.Empty:
+            ready = self.events.next(None if until is None else
+                                     max(0.0, until - time.monotonic()))
+            if not ready:
                 return parts, timed_out(self.task, timeout)
-            if what == "progress":
-                self.advance(i, n)
-                continue
-            future = self.futures.pop(i, None)
-            if future is None:
-                continue
-            part, error = self.settle(future)
-            if part is not None:
-                self.advance(i, part.count)
-                parts.append(part)
+            for what, payload in ready:
+                if error is not None:
+                    break  # the video is given up: the rest is not counted
+                if what == "progress":
+                    self.advance(payload["i"], payload["n"])
+                    continue
+                future = self.futures.pop(payload, None)
+                if future is None:
+                    continue
+                part, error = self.settle(future)
+                if part is not None:
+                    self.advance(payload, part.count)
+                    parts.append(part)
         return parts, None if error is None else Result(self.task.name, error=error)
 
     def settle(self, future) -> tuple[segments.Part | None, str | None]:
@@ -199,12 +192,10 @@ class _Split:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - lost workers, cancellations
-            return None, self.cluster._failure(self.task, exc).error
+            return None, failure(self.task, exc).error
         return (None, value) if kind == "error" else (value, None)
 
     def join(self, parts: list[segments.Part]) -> Result:
-        from bgrm.outputs import holding
-
         task = self.task
         with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
             count = segments.join(parts, task.src, task.dst, task.options, task.name)
@@ -218,6 +209,5 @@ class _Split:
         # next report (their folder is gone), those not started never start.
         with contextlib.suppress(Exception):
             self.client.cancel(list(self.futures.values()))
-        with contextlib.suppress(Exception):
-            self.client.unsubscribe_topic(self.cluster.TOPIC)
+        self.events.close()
         shutil.rmtree(self.folder, ignore_errors=True)
