@@ -279,7 +279,7 @@ def test_image_background_covers_the_frame_centred(segmenter, tmp_path):
     ramp[..., 1] = np.arange(100)[:, None]
     path = tmp_path / "ramp.png"
     Image.fromarray(ramp).save(path)
-    image.load_background.cache_clear()
+    image.release_backgrounds()
     out = render(FIXTURES / "astronaut.png", ImageOptions(bg_type="image", bg_image=path),
                  segmenter)
     assert out.mode == "RGB" and out.size == (512, 512)
