@@ -51,6 +51,8 @@ class Runtime:
     # A video's frames in the model at once, each run on ``threads`` threads
     # (segment.video_lanes).
     lanes: int = 1
+    # auto | onnxruntime | openvino (bgrm.engine.choose)
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def run_task(task: Task, progress: Callable[[int], None]) -> Result:
     try:
         rt = task.runtime
         session = Session(rt.model, device=rt.device, threads=rt.threads, spinning=rt.spinning,
-                          lanes=rt.lanes)
+                          lanes=rt.lanes, engine=rt.engine)
         with holding(task.dst, task.held) if task.held else contextlib.nullcontext():
             done = session.write(task.job, task.src, task.dst, task.options, progress)
         return Result(task.name, task.dst, notes=list(done.notes), crop_box=done.crop_box)
