@@ -7,11 +7,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, PHOTOS
 from PIL import Image
 
 from bgrm import engine
 from bgrm.errors import ParameterError
-from conftest import FIXTURES, PHOTOS
 
 pytest.importorskip("openvino")  # in the dev extra: CI runs these
 
