@@ -107,7 +107,10 @@ class OpenVino:
         except OSError:
             pass  # a read-only home: compile every time, as without the cache
         try:
-            graph = core.read_model(str(path))
+            # The ONNX reader alone: read_model tries every framework's on a file it
+            # cannot parse, and TensorFlow's prints its complaints on stderr.
+            onnx = ov.frontend.FrontEndManager().load_by_framework("onnx")
+            graph = onnx.convert(onnx.load(str(path)))
             self.inputs = [_port(p) for p in graph.inputs]
             self.outputs = [_port(p) for p in graph.outputs]
             _fix_shape(graph, size)
@@ -122,7 +125,7 @@ class OpenVino:
             })
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own untyped errors
             raise ModelError(f"model {path}: cannot be loaded by OpenVINO: "
-                             f"{first_line(exc)}") from exc
+                             f"{_reason(exc)}") from exc
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(self, tensor):
@@ -138,6 +141,13 @@ class OpenVino:
                     for i in range(len(self.outputs))]
         finally:
             self._idle.put(request)
+
+
+def _reason(exc: Exception) -> str:
+    """OpenVINO's message without its "Exception from src/...cpp:N:" lines."""
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.startswith("Exception from ")]
+    return lines[0] if lines else first_line(exc)
 
 
 def _port(port) -> Port:

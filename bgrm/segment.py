@@ -132,9 +132,15 @@ class Segmenter:
         self.threads, self.lanes = threads or (os.cpu_count() or 1), lanes
         self.family = model.family
         self.session = None  # onnxruntime's, when it runs the model
+        self.engine = None
         if choose(engine, device, gpu=device != "cpu" and _cuda_available()) == "openvino":
-            self.engine = OpenVino(model.path, self.family.size, self.threads, lanes)
-        else:
+            try:
+                self.engine = OpenVino(model.path, self.family.size, self.threads, lanes)
+            except ModelError:
+                if engine != "auto":
+                    raise  # asked for: said as OpenVINO's error
+                # auto: onnxruntime runs what OpenVINO cannot read, or says why not.
+        if self.engine is None:
             self.session = _session(model, _ort_options(self.threads, spinning), device)
             self.engine = OnnxRuntime(self.session)
         self.where = f"model {model.path}"

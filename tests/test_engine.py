@@ -132,6 +132,19 @@ def test_engine_errors(run_main, tmp_path):
         bgrm.Session("u2netp", engine="tpu")
 
 
+def test_a_file_openvino_cannot_read(run_main, tmp_path, cache_home):
+    """Asked for, OpenVINO's own one-line reason (and no other framework's reader
+    complaining on stderr); with auto, onnxruntime's, as without OpenVINO."""
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"definitely not protobuf")
+    photo = FIXTURES / "coffee.png"
+    code, _, err = run_main("image", photo, "--model", junk, "--engine", "openvino")
+    assert code == 2 and "cannot be loaded by OpenVINO" in err, err
+    assert "tensorflow" not in err.lower() and "Exception from" not in err, err
+    code, _, err = run_main("image", photo, "--model", junk)
+    assert code == 2 and "cannot be loaded by onnxruntime" in err, err
+
+
 def test_serve_passes_its_engine_to_every_file(run_main, monkeypatch):
     """`bgrm serve --engine X`: checked at start, then in each request's Runtime."""
     pytest.importorskip("starlette")
