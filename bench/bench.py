@@ -790,11 +790,14 @@ ROWS += [row_serve_batch, row_serve_load]
 def row_serve_rembg(b: Bench) -> None:
     """`bgrm serve` against `rembg s`, both warm, the five small photos sent twice
     by 1 and 2 clients, with and without alpha matting (bench/serve_rembg.py);
-    rounds alternate between the servers. The masks are checked against rembg's."""
+    rounds alternate between the servers, with a second bgrm server on onnxruntime
+    beside (the engine before OpenVINO). The masks are checked against rembg's."""
     import serve_rembg
 
     env, photos = serve_rembg.setup(b.work / "serve-rembg")
-    for row in serve_rembg.compare(env, b.work / "serve-rembg", photos, b.reps):
+    rows = serve_rembg.compare(env, b.work / "serve-rembg", photos, b.reps,
+                               engines=("auto", "onnxruntime"))
+    for row in rows:
         ratio = row["bgrm_rate"] / row["rembg_rate"]
         same = row["iou"] >= 0.99 and row["mad"] <= (2 if row["matting"] else 1)
         b.table.add(f"serve vs rembg s, {serve_rembg.describe(row)}",
@@ -803,6 +806,11 @@ def row_serve_rembg(b: Bench) -> None:
                     cpu=f"{row['rembg_cpu'] / row['bgrm_cpu']:.2f}x ({row['bgrm_cpu']:.1f} vs "
                         f"{row['rembg_cpu']:.1f} s); IoU {row['iou']:.4f}, "
                         f"{row['mad']:.2f}/255")
+        before = row["bgrm-onnxruntime_rate"]
+        b.table.add("  the same, --engine onnxruntime", f"{before:.2f} photos/s",
+                    f"{row['rembg_rate']:.2f} (rembg s)", f"{before / row['rembg_rate']:.2f}x",
+                    "(before)", None,
+                    cpu=f"{row['rembg_cpu'] / row['bgrm-onnxruntime_cpu']:.2f}x")
 
 
 def row_flops(b: Bench) -> None:

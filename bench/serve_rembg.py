@@ -1,6 +1,6 @@
 """`bgrm serve` against `rembg s`, warm, side by side: the bench's serve_rembg row.
 
-    .venv/bin/python bench/serve_rembg.py [--reps 3] [--engine auto]
+    .venv/bin/python bench/serve_rembg.py [--reps 3] [--engines auto,onnxruntime]
 
 Both servers run u2netp (the same file) on loopback, each warmed with one
 request first. A round sends the bench's five small photos twice, from 1 or
@@ -144,35 +144,39 @@ def alpha_agreement(ours: dict, theirs: dict) -> tuple[float, float]:
     return worst_iou, worst_mad
 
 
-def compare(env: dict, work: Path, photos: list[Path], reps: int, engine: str = "auto",
+def compare(env: dict, work: Path, photos: list[Path], reps: int, engines=("auto",),
             cases=((1, False), (2, False), (1, True), (2, True))) -> list[dict]:
-    """Each case (clients, matting): medians of photos/s and CPU-s for both servers."""
+    """Each case (clients, matting): medians of photos/s and CPU-s for rembg and for a
+    bgrm server per engine (keys ``rembg``, ``bgrm`` for the first engine, ``bgrm-E``)."""
     photos = photos + photos  # the five photos, sent twice
-    ours = Bgrm(env, work / "bgrm-data", "--engine", engine)
-    theirs = Rembg(env, work / "rembg.log")
-    rows = []
+    servers = {"rembg": Rembg(env, work / "rembg.log")}
     try:
+        for i, engine in enumerate(engines):
+            servers["bgrm" if i == 0 else f"bgrm-{engine}"] = Bgrm(
+                env, work / f"bgrm-data-{engine}", "--engine", engine)
         for matting in (False, True):
-            for server in (ours, theirs):  # warm: model loaded, matting imported
+            for server in servers.values():  # warm: model loaded, matting imported
                 one_round(server, photos[:1], 1, matting)
-        for clients, matting in cases:
-            rates: dict[str, list] = {"bgrm": [], "rembg": []}
-            cpus: dict[str, list] = {"bgrm": [], "rembg": []}
-            outs = {}
-            for _ in range(reps):
-                for name, server in (("bgrm", ours), ("rembg", theirs)):
-                    seconds, cpu, outs[name] = one_round(server, photos, clients, matting)
-                    rates[name].append(len(photos) / seconds)
-                    cpus[name].append(cpu)
-            iou, mad = alpha_agreement(outs["bgrm"], outs["rembg"])
-            rows.append({"clients": clients, "matting": matting,
-                         **{f"{k}_rate": statistics.median(v) for k, v in rates.items()},
-                         **{f"{k}_cpu": statistics.median(v) for k, v in cpus.items()},
-                         "iou": iou, "mad": mad})
+        return [_case(servers, photos, clients, matting, reps) for clients, matting in cases]
     finally:
-        ours.stop()
-        theirs.stop()
-    return rows
+        for server in servers.values():
+            server.stop()
+
+
+def _case(servers: dict, photos: list[Path], clients: int, matting: bool, reps: int) -> dict:
+    rates: dict[str, list] = {name: [] for name in servers}
+    cpus: dict[str, list] = {name: [] for name in servers}
+    outs = {}
+    for _ in range(reps):
+        for name, server in servers.items():
+            seconds, cpu, outs[name] = one_round(server, photos, clients, matting)
+            rates[name].append(len(photos) / seconds)
+            cpus[name].append(cpu)
+    iou, mad = alpha_agreement(outs["bgrm"], outs["rembg"])
+    return {"clients": clients, "matting": matting,
+            **{f"{k}_rate": statistics.median(v) for k, v in rates.items()},
+            **{f"{k}_cpu": statistics.median(v) for k, v in cpus.items()},
+            "iou": iou, "mad": mad}
 
 
 def setup(work: Path) -> tuple[dict, list[Path]]:
@@ -200,23 +204,28 @@ def describe(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--engine", default="auto")
+    parser.add_argument("--engines", default="auto",
+                        help="bgrm servers to run, one per engine: auto,onnxruntime")
     args = parser.parse_args()
+    engines = args.engines.split(",")
     work = Path(tempfile.mkdtemp(prefix="bgrm-serve-rembg-"))
     try:
         env, photos = setup(work)
         start = os.getloadavg()[0]
-        rows = compare(env, work, photos, args.reps, args.engine)
+        rows = compare(env, work, photos, args.reps, engines)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{os.cpu_count()} cores, engine {args.engine}, {args.reps} rounds each; load "
-          f"average {start:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"{os.cpu_count()} cores, {args.reps} rounds each; load average {start:.2f} at "
+          f"start, {os.getloadavg()[0]:.2f} at end")
+    names = ["bgrm", *(f"bgrm-{e}" for e in engines[1:])]
     for row in rows:
-        print(f"{describe(row):28s} bgrm {row['bgrm_rate']:.2f} photos/s, rembg "
-              f"{row['rembg_rate']:.2f}: {row['bgrm_rate'] / row['rembg_rate']:.2f}x; CPU-s "
-              f"{row['bgrm_cpu']:.2f} vs {row['rembg_cpu']:.2f} "
-              f"({row['rembg_cpu'] / row['bgrm_cpu']:.2f}x); alpha vs rembg: IoU "
-              f"{row['iou']:.4f}, mean {row['mad']:.2f}/255")
+        parts = [f"{n} ({e}) {row[n + '_rate']:.2f} photos/s = "
+                 f"{row[n + '_rate'] / row['rembg_rate']:.2f}x, CPU "
+                 f"{row['rembg_cpu'] / row[n + '_cpu']:.2f}x"
+                 for n, e in zip(names, engines, strict=True)]
+        print(f"{describe(row)}: rembg {row['rembg_rate']:.2f} photos/s "
+              f"({row['rembg_cpu']:.1f} CPU-s); " + "; ".join(parts)
+              + f"; alpha vs rembg: IoU {row['iou']:.4f}, mean {row['mad']:.2f}/255")
 
 
 if __name__ == "__main__":
