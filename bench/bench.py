@@ -832,6 +832,49 @@ def row_serve_models(b: Bench) -> None:
 ROWS += [row_serve_batch, row_serve_load, row_serve_models]
 
 
+def row_serve_rembg(b: Bench) -> None:
+    """`bgrm serve` against `rembg s`, both warm, the five small photos sent twice
+    by 1 and 2 clients, with and without alpha matting (bench/serve_rembg.py);
+    rounds alternate between the servers, with a second bgrm server on onnxruntime
+    beside (the engine before OpenVINO). The masks are checked against rembg's."""
+    import serve_rembg
+
+    env, photos = serve_rembg.setup(b.work / "serve-rembg")
+    rows = serve_rembg.compare(env, b.work / "serve-rembg", photos, b.reps,
+                               engines=("auto", "onnxruntime"))
+    for row in rows:
+        ratio = row["bgrm_rate"] / row["rembg_rate"]
+        same = row["iou"] >= 0.99 and row["mad"] <= (2 if row["matting"] else 1)
+        b.table.add(f"serve vs rembg s, {serve_rembg.describe(row)}",
+                    f"{row['bgrm_rate']:.2f} photos/s", f"{row['rembg_rate']:.2f} (rembg s)",
+                    f"{ratio:.2f}x", ">= 1.5x, alpha IoU >= 0.99", ratio >= 1.5 and same,
+                    cpu=f"{row['rembg_cpu'] / row['bgrm_cpu']:.2f}x ({row['bgrm_cpu']:.1f} vs "
+                        f"{row['rembg_cpu']:.1f} s); IoU {row['iou']:.4f}, "
+                        f"{row['mad']:.2f}/255")
+        before = row["bgrm-onnxruntime_rate"]
+        b.table.add("  the same, --engine onnxruntime", f"{before:.2f} photos/s",
+                    f"{row['rembg_rate']:.2f} (rembg s)", f"{before / row['rembg_rate']:.2f}x",
+                    "(before)", None,
+                    cpu=f"{row['rembg_cpu'] / row['bgrm-onnxruntime_cpu']:.2f}x")
+
+
+def row_flops(b: Bench) -> None:
+    """u2netp's inference on one thread against the core's peak float32 rate, for
+    each engine installed (bench/flops.py says how both are counted)."""
+    import flops
+
+    peak, how = flops.core_peak()
+    work = flops.u2netp_flops()
+    for name, seconds in flops.engine_seconds(reps=max(b.reps, 3)).items():
+        rate = work / seconds / 1e9
+        b.table.add(f"u2netp inference, 1 thread, {name}", f"{seconds * 1e3:.0f} ms",
+                    f"peak {peak:.0f} GFlop/s ({how})", f"{rate:.0f} GFlop/s = "
+                    f"{rate / peak:.2f} of peak", f"{work / 1e9:.1f} GFlop a run", None)
+
+
+ROWS += [row_serve_rembg, row_flops]
+
+
 def row_truth(b: Bench) -> None:
     """Video mattes against the true alpha (bench/truth_clips.py, docs/temporal.md):
     each shot's dtSSD and MAD with smoothing as ratios to per-frame masks (new,

@@ -46,7 +46,9 @@ class Session:
     ``threads``: onnxruntime threads a run (default: every core). ``lanes``: a
     video's frames in the model at once, each run on ``threads`` threads;
     ``threads=1, lanes=os.cpu_count()`` is what ``bgrm video`` does, at fewer
-    CPU seconds than one run on every core.
+    CPU seconds than one run on every core. ``engine``: ``auto`` (OpenVINO
+    where ``bgrm[openvino]`` is installed and the model runs on the CPU, else
+    onnxruntime), ``onnxruntime`` or ``openvino``; the masks are the same.
 
     >>> from PIL import Image
     >>> session = bgrm.Session("u2netp")
@@ -57,13 +59,16 @@ class Session:
 
     def __init__(self, model: str | ResolvedModel | None = None, *,
                  model_family: str | None = None, device: str = "auto",
-                 threads: int | None = None, spinning: bool = True, lanes: int = 1):
+                 threads: int | None = None, spinning: bool = True, lanes: int = 1,
+                 engine: str = "auto"):
+        from bgrm.engine import check_engine
         from bgrm.models import ResolvedModel, resolve
         from bgrm.options import DEVICES
         from bgrm.segment import get_segmenter
 
         if device not in DEVICES:
             raise ParameterError(f"device: {device!r} is not one of {', '.join(DEVICES)}")
+        check_engine(engine, device)
         if not isinstance(model, ResolvedModel):
             model = resolve(model, model_family,
                             notice=lambda m: warnings.warn(m.removeprefix("bgrm: "),
@@ -71,7 +76,7 @@ class Session:
         self.model = model
         # One session per process and settings (segment's cache): another
         # Session with the same settings shares it.
-        self.segmenter = get_segmenter(model, device, threads, spinning, lanes)
+        self.segmenter = get_segmenter(model, device, threads, spinning, lanes, engine)
 
     def _check_model(self, params: dict[str, Any]) -> None:
         model = params.pop("model", None)

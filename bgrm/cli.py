@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from bgrm.engine import ENGINES
 from bgrm.errors import BgrmError, ExitStatus, ParameterError, first_line, unwind_on_termination
 from bgrm.models_cli import models
 from bgrm.options import (
@@ -97,6 +98,10 @@ def run_options(timeout_default: str = "no limit: leave the option out") -> list
         click.option("--threads", type=click.IntRange(1, 256),
                      help="onnxruntime threads per session; video: frames in the model "
                           "at once, one thread each [default: cores / files at once]."),
+        click.option("--engine", type=click.Choice(ENGINES), default="auto",
+                     show_default=True,
+                     help="What runs the model: auto is OpenVINO where bgrm[openvino] is "
+                          "installed and the model runs on the CPU, else onnxruntime."),
         click.option("--scheduler", metavar="ADDRESS",
                      help="Run the batch on a Dask cluster (tcp://HOST:PORT)."),
     ]
@@ -249,7 +254,8 @@ cli.add_command(models)  # light: click and hashlib only; tqdm/urllib load on in
                    "addresses (refused by default: the network behind the server).")
 @_decorated(run_options("10 min per photo; for a video 10 min + 10 s per frame"))
 def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, max_models,
-          custom_models, allow_private_urls, processes, timeout, device, threads, scheduler):
+          custom_models, allow_private_urls, processes, timeout, device, threads, engine,
+          scheduler):
     """Serve the hosted API (/v1/convert/, /v1/results/) and a page at /.
 
     The hosted API's client examples work with only the domain (and key) changed.
@@ -259,11 +265,13 @@ def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, 
     from bgrm import serve as service
 
     service.require()  # before anything of the extra is imported
+    from bgrm.engine import check_engine
     from bgrm.serve.jobs import Limits, Settings
     from bgrm.serve.units import parse_duration, parse_size
 
+    check_engine(engine, device)
     settings = Settings(device=device, threads=threads, processes=processes,
-                        scheduler=scheduler, timeout=timeout)
+                        scheduler=scheduler, timeout=timeout, engine=engine)
     limits = Limits(max_upload=parse_size(max_upload, "--max-upload"),
                     max_files=max_files, min_free=parse_size(min_free, "--min-free"))
     service.run(host=host, port=port, api_key=api_key, data_dir=data_dir,

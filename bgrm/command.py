@@ -35,7 +35,7 @@ def _check_background(opts) -> None:
         raise ParameterError(f"--bg-image {exc}") from exc
 
 
-def _stdin_image(opts, model: ResolvedModel, device, threads) -> ExitStatus:
+def _stdin_image(opts, model: ResolvedModel, device, threads, engine) -> ExitStatus:
     """``bgrm image -``: bytes on stdin, the picture (PNG, or --format) on stdout."""
     from bgrm.image import encode
 
@@ -48,8 +48,8 @@ def _stdin_image(opts, model: ResolvedModel, device, threads) -> ExitStatus:
     if not data:
         raise ParameterError("-: nothing on standard input")
     with stdout_to_stderr():
-        picture, decoded = Session(model, device=device, threads=threads).cut(data, opts,
-                                                                              "<stdin>")
+        session = Session(model, device=device, threads=threads, engine=engine)
+        picture, decoded = session.cut(data, opts, "<stdin>")
         for note in decoded.notes:
             _say(note)
     encode(picture, sys.stdout.buffer, opts.format, decoded.exif, "<stdin>")
@@ -71,7 +71,7 @@ def _check_output_dir(output_dir: Path) -> None:
 
 
 def _plan(job: str, opts, model: ResolvedModel, files: list[Path], *, processes, device,
-          threads, skip_existing, show_traceback, scheduler, timeout
+          threads, skip_existing, show_traceback, scheduler, timeout, engine
           ) -> tuple[Runtime, Executor]:
     """How the model runs for every file, and which executor runs the files."""
     # On a cluster each worker sizes and places its own sessions (run.cluster).
@@ -96,7 +96,7 @@ def _plan(job: str, opts, model: ResolvedModel, files: list[Path], *, processes,
     # is made). Video overlaps decode, inference, masks and encode on threads,
     # where spinning only steals their cores (README, Speed).
     runtime = Runtime(model, device, threads, skip_existing, show_traceback,
-                      spinning=not matting and job == "image", lanes=lanes)
+                      spinning=not matting and job == "image", lanes=lanes, engine=engine)
     _load_or_check_model(runtime, workers, scheduler, len(files))
     executor = executor_for(len(files), processes=workers, file_threads=file_threads,
                             timeout=timeout, scheduler=scheduler, say=_say)
@@ -115,11 +115,11 @@ def _load_or_check_model(runtime: Runtime, workers: int, scheduler: str | None,
     if workers <= 1 and not scheduler:
         # Loaded here and kept: the files run in this process on the same session.
         Session(model, device=device, threads=runtime.threads, spinning=runtime.spinning,
-                lanes=runtime.lanes)
+                lanes=runtime.lanes, engine=runtime.engine)
     elif model.custom:
         from bgrm.segment import check_model
 
-        check_model(model)  # and let it go: the workers load their own copies
+        check_model(model, runtime.engine)  # and let it go: the workers load their own copies
     if min(workers, count) > 1 and model.big:
         _say(f"{min(workers, count)} worker processes each load their own copy of "
              f"{model.spec.name}"
@@ -161,8 +161,11 @@ class _Console(Listener):
 
 
 def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, device, threads,
-                skip_existing, as_json, progress, show_traceback, scheduler, timeout=None
-                ) -> ExitStatus:
+                skip_existing, as_json, progress, show_traceback, scheduler, timeout=None,
+                engine="auto") -> ExitStatus:
+    from bgrm.engine import check_engine
+
+    check_engine(engine, device)  # --engine openvino without it: one usage error first
     inputs = list(inputs)
     if opts.edges.vitmatte:
         from bgrm.vitmatte import model_path
@@ -177,7 +180,8 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
                                  "does not apply")
         if opts.bg_type == "image":
             _check_background(opts)
-        return _stdin_image(opts, resolve(opts.model, opts.model_family), device, threads)
+        return _stdin_image(opts, resolve(opts.model, opts.model_family), device, threads,
+                            engine)
     if job == "image" and opts.bg_type == "image":
         _check_background(opts)
     model = resolve(opts.model, opts.model_family)
@@ -188,7 +192,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
     runtime, executor = _plan(job, opts, model, files, processes=processes, device=device,
                               threads=threads, skip_existing=skip_existing,
                               show_traceback=show_traceback, scheduler=scheduler,
-                              timeout=timeout)
+                              timeout=timeout, engine=engine)
     dsts = batch.name_outputs(files, output_dir, JOBS[job].output_extension(opts), inputs)
     tasks = [Task(job, src, dst, str(src), opts, runtime)
              for src, dst in zip(files, dsts, strict=True)]

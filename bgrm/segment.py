@@ -1,4 +1,5 @@
-"""Segmentation on onnxruntime: an RGB frame in, a full-size mask out.
+"""Segmentation: an RGB frame in, a full-size mask out (onnxruntime or OpenVINO,
+``bgrm.engine``).
 
 The pre- and post-processing follow rembg's session class of the model's
 family step for step (``bgrm.models.families``: Lanczos to the model size,
@@ -18,6 +19,7 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
+from bgrm.engine import OnnxRuntime, OpenVino, choose
 from bgrm.errors import ModelError, a_or_an, first_line
 from bgrm.models import ResolvedModel
 
@@ -36,6 +38,25 @@ def _providers(device: str) -> list[str]:
         raise ModelError("--device cuda: onnxruntime has no CUDA support here; "
                          "install it with: pip install 'bgrm[gpu]'")
     return ["CPUExecutionProvider"]
+
+
+def _cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _ort_options(threads: int, spinning: bool):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # this session's warnings only: the host's logger stays
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if not spinning:
+        # Spinning threads steal the cores that decoding and encoding need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 def check_device(device: str) -> None:
@@ -103,26 +124,29 @@ def video_lanes(model: ResolvedModel, device: str, threads: int | None) -> tuple
 
 
 class Segmenter:
-    """One onnxruntime session, loaded once and reused for every frame.
+    """One model session, loaded once and reused for every frame.
 
     ``lanes``: how many callers may run it at once (a video's frames, see
-    ``video_lanes``); each run uses ``threads`` threads.
+    ``video_lanes``); each run uses ``threads`` threads. ``engine``: ``auto``,
+    ``onnxruntime`` or ``openvino`` (``bgrm.engine.choose``).
     """
 
     def __init__(self, model: ResolvedModel, device: str = "auto", threads: int | None = None,
-                 spinning: bool = True, lanes: int = 1):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # this session's warnings only: the host's logger stays
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        if not spinning:
-            # Spinning threads steal the cores that decoding and encoding need.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = _session(model, opts, device)
-        self.threads, self.lanes = opts.intra_op_num_threads, lanes
+                 spinning: bool = True, lanes: int = 1, engine: str = "auto"):
+        self.threads, self.lanes = threads or (os.cpu_count() or 1), lanes
         self.family = model.family
+        self.session = None  # onnxruntime's, when it runs the model
+        self.engine = None
+        if choose(engine, device, gpu=device != "cpu" and _cuda_available()) == "openvino":
+            try:
+                self.engine = OpenVino(model.path, self.family.size, self.threads, lanes)
+            except ModelError:
+                if engine != "auto":
+                    raise  # asked for: said as OpenVINO's error
+                # auto: onnxruntime runs what OpenVINO cannot read, or says why not.
+        if self.engine is None:
+            self.session = _session(model, _ort_options(self.threads, spinning), device)
+            self.engine = OnnxRuntime(self.session)
         self.where = f"model {model.path}"
         self.input_name = self._check_shape(model)
         self.size = (self.family.size, self.family.size)
@@ -134,8 +158,7 @@ class Segmenter:
         """The input's name, once the graph is known to fit its family; a graph of
         another shape is one clear error before any file."""
         family = self.family
-        inputs = self.session.get_inputs()
-        outputs = self.session.get_outputs()
+        inputs, outputs = self.engine.inputs, self.engine.outputs
         side = family.size
         where = f"model {model.path}"
         expected = (f"{a_or_an(family.name)}-family ({family.title}) model takes one float input "
@@ -178,7 +201,7 @@ class Segmenter:
 
     def predict(self, tensor: np.ndarray) -> np.ndarray:
         """Model input -> the saliency map at model size, uint8 0-255."""
-        out = self.session.run(None, {self.input_name: tensor})[self.family.output]
+        out = self.engine.run(tensor)[self.family.output]
         if out.ndim != 4 or out.shape[0] < 1 or out.shape[1] < 1 or out.size == 0:
             raise ModelError(f"{self.where}: gave an output of shape {list(out.shape)} for "
                              "this picture, not a 1 x 1 x H x W map")
@@ -227,12 +250,13 @@ class SegmenterCache:
         self._lock = threading.Lock()
 
     def get(self, model: ResolvedModel, device: str = "auto", threads: int | None = None,
-            spinning: bool = True, lanes: int = 1) -> Segmenter:
-        key = (_identity(model.path), model.spec.family, device, threads, lanes, spinning)
+            spinning: bool = True, lanes: int = 1, engine: str = "auto") -> Segmenter:
+        key = (_identity(model.path), model.spec.family, device, engine, threads, lanes,
+               spinning)
         with self._lock:
             found = self._items.get(key)
             if found is None:
-                found = Segmenter(model, device, threads, spinning, lanes)
+                found = Segmenter(model, device, threads, spinning, lanes, engine)
                 self._items[key] = found
             self._items.move_to_end(key)
             self._trim()
@@ -252,7 +276,7 @@ class SegmenterCache:
 
     def items(self) -> list[tuple[tuple, Segmenter]]:
         """What is loaded, least recently used first, by key: ``((path, device,
-        inode, size, mtime), family, device, threads, lanes, spinning)``."""
+        inode, size, mtime), family, device, engine, threads, lanes, spinning)``."""
         with self._lock:
             return list(self._items.items())
 
@@ -277,12 +301,12 @@ SEGMENTERS = SegmenterCache()
 
 
 def get_segmenter(model: ResolvedModel, device: str = "auto", threads: int | None = None,
-                  spinning: bool = True, lanes: int = 1) -> Segmenter:
+                  spinning: bool = True, lanes: int = 1, engine: str = "auto") -> Segmenter:
     """The process's segmenter for this model and settings (``SEGMENTERS``), reused."""
-    return SEGMENTERS.get(model, device, threads, spinning, lanes)
+    return SEGMENTERS.get(model, device, threads, spinning, lanes, engine)
 
 
-def check_model(model: ResolvedModel) -> None:
+def check_model(model: ResolvedModel, engine: str = "auto") -> None:
     """Load ``model`` on the CPU once to check that its graph fits its family, and
     let it go: for a parent whose workers load their own copies."""
-    Segmenter(model, "cpu", threads=1)
+    Segmenter(model, "cpu", threads=1, engine=engine)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 HEAVY = ("onnxruntime", "pymatting", "numba", "scipy", "imageio", "imageio_ffmpeg", "cv2",
-         "llvmlite", "torch", "rembg", "dask", "distributed",
+         "llvmlite", "torch", "rembg", "dask", "distributed", "openvino",
          # bgrm serve's stack: only `bgrm serve` itself loads it.
          "starlette", "uvicorn", "python_multipart", "anyio", "h11")
 

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("library", ("bgrm", "bgrm.api")),
     ("run", ("bgrm.run", "bgrm.run.*")),
     ("media", ("bgrm.filejobs", "bgrm.image", "bgrm.video", "bgrm.video.*", "bgrm.segment",
+               "bgrm.engine",
                "bgrm.edges", "bgrm.matte", "bgrm.vitmatte", "bgrm.foreground", "bgrm.models",
                "bgrm.models.installer", "bgrm.models.store")),
     ("leaves", ("bgrm.errors", "bgrm.outputs", "bgrm.inputs", "bgrm.compose", "bgrm.options",

@@ -493,7 +493,8 @@ def test_default_notice_device_cpu_threads_1(cli, fixtures, tmp_path):
 def test_cpu_session_settings(models_home):
     from bgrm.segment import Segmenter
 
-    seg = Segmenter(models.resolve("u2netp"), device="cpu", threads=1, spinning=False)
+    seg = Segmenter(models.resolve("u2netp"), device="cpu", threads=1, spinning=False,
+                    engine="onnxruntime")
     assert seg.session.get_providers() == ["CPUExecutionProvider"]
     opts = seg.session.get_session_options()
     assert opts.intra_op_num_threads == 1

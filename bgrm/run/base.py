@@ -37,6 +37,8 @@ class Runtime:
     # A video's frames in the model at once, each run on ``threads`` threads
     # (segment.video_lanes).
     lanes: int = 1
+    # auto | onnxruntime | openvino (bgrm.engine.choose)
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,8 @@ def process_task(task: Task, progress: Callable[[int], None]) -> Processed:
     from bgrm.segment import get_segmenter
 
     rt = task.runtime
-    segmenter = get_segmenter(rt.model, rt.device, rt.threads, rt.spinning, rt.lanes)
+    segmenter = get_segmenter(rt.model, rt.device, rt.threads, rt.spinning, rt.lanes,
+                              rt.engine)
     return write_file(task.job, task.src, task.dst, task.options, segmenter, progress)
 
 

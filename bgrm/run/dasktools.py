@@ -92,7 +92,8 @@ class ModelCache(WorkerPlugin):
             self._stamps[str(model.path)] = stamp
             with contextlib.suppress(Exception):
                 # Errors are left to run_task, which reports them as a local run does.
-                get_segmenter(model, runtime.device, threads, runtime.spinning)
+                get_segmenter(model, runtime.device, threads, runtime.spinning,
+                              engine=runtime.engine)
         return runtime
 
     def _resolve(self, name: str):

@@ -73,7 +73,7 @@ def make_part(task, folder: Path, span: segments.Span, run: str, client_version:
     try:
         runtime = plugin(worker).runtime(task.runtime)
         segmenter = get_segmenter(runtime.model, runtime.device, runtime.threads,
-                                  runtime.spinning)
+                                  runtime.spinning, engine=runtime.engine)
         part = segments.make_part(task.src, folder, span, task.options, segmenter, progress)
     except BgrmError as exc:
         # The same on any worker: said once, not retried.

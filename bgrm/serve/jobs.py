@@ -63,6 +63,7 @@ class Settings:
     processes: int | None = None
     scheduler: str | None = None
     timeout: float | None = None  # None: the defaults above
+    engine: str = "auto"  # bgrm.engine.choose
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,23 @@ def default_timeout(tasks: list[Task]) -> float:
         worst = max(worst, VIDEO_TIMEOUT_S + VIDEO_FRAME_S * frames if frames
                     else UNKNOWN_VIDEO_TIMEOUT_S)
     return worst
+
+
+def runtime_for(settings: Settings, job: str, model) -> Runtime:
+    """How a request's files of ``job`` run the model under the service's settings."""
+    # One file at a time on every core, or the cores shared by --jobs processes;
+    # on a cluster each worker sizes its own (run.cluster).
+    threads = settings.threads or (None if settings.scheduler else max(
+        1, (os.cpu_count() or 1) // (settings.processes or 1)))
+    lanes = 1
+    if job == "video" and not settings.scheduler:
+        from bgrm.segment import video_lanes
+
+        threads, lanes = video_lanes(model, settings.device, threads)
+    # onnxruntime's threads spin between runs when allowed; here the event loop
+    # shares the cores and must get them at once.
+    return Runtime(model, settings.device, threads, spinning=False, lanes=lanes,
+                   engine=settings.engine)
 
 
 def make_executor(settings: Settings, say) -> Executor:
@@ -409,20 +427,7 @@ class Service:
                 self.runner.submit(tasks, _Recorder(self, key, tasks), key=key, forget=True)
 
     def _tasks(self, job: str, opts, model, folder: Path, rows) -> dict[int, Task]:
-        settings = self.settings
-        # One file at a time on every core, or the cores shared by --jobs processes;
-        # on a cluster each worker sizes its own (run.cluster).
-        threads = settings.threads or (None if settings.scheduler else max(
-            1, (os.cpu_count() or 1) // (settings.processes or 1)))
-        lanes = 1
-        if job == "video" and not settings.scheduler:
-            from bgrm.segment import video_lanes
-
-            threads, lanes = video_lanes(model, settings.device, threads)
-        runtime = Runtime(model, settings.device, threads,
-                          # onnxruntime's threads spin between runs when allowed; here the
-                          # event loop shares the cores and must get them at once.
-                          spinning=False, lanes=lanes)
+        runtime = runtime_for(self.settings, job, model)
         return {r.number: Task(job, folder / r.src, folder / r.dst, r.name, opts, runtime)
                 for r in rows}
 
