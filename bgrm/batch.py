@@ -149,16 +149,23 @@ def name_outputs(files: list[Path], output_dir: Path | None, ext: str,
     names = []
     for src in files:
         folder = src.parent if output_dir is None else output_dir / _place(src, folders)
-        base = f"{src.stem}{SUFFIX}"
-        dot = f".{ext}" if ext else ""  # no extension: a folder (PNG sequence)
-        dst = folder / f"{base}{dot}"
-        n = 2
-        while dst.resolve() in taken or file_keys(dst) & inputs:
-            dst = folder / f"{base}_{n}{dot}"
-            n += 1
+        def used(name: str, folder: Path = folder) -> bool:
+            return (folder / name).resolve() in taken or bool(file_keys(folder / name) & inputs)
+
+        dst = folder / output_name(src.stem, ext, used)
         taken.add(dst.resolve())
         names.append(dst)
     return names
+
+
+def output_name(stem: str, ext: str, taken: Callable[[str], bool]) -> str:
+    """The one rule for an output's name: ``<stem>_processed.<ext>``, or ``_2``,
+    ``_3``... after it while ``taken(name)`` (no extension: a PNG sequence's folder)."""
+    dot = f".{ext}" if ext else ""
+    name, n = f"{stem}{SUFFIX}{dot}", 2
+    while taken(name):
+        name, n = f"{stem}{SUFFIX}_{n}{dot}", n + 1
+    return name
 
 
 def _place(src: Path, folders: list[Path]) -> Path:

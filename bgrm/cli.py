@@ -13,11 +13,9 @@ from pathlib import Path
 
 import click
 
-from bgrm.engine import ENGINES
 from bgrm.errors import BgrmError, ExitStatus, ParameterError, first_line, unwind_on_termination
 from bgrm.models_cli import models
 from bgrm.options import (
-    DEVICES,
     EDGE_ORDER,
     PARAM_BY_NAME,
     PARAMS,
@@ -25,6 +23,7 @@ from bgrm.options import (
     params_for,
     parse_color,
 )
+from bgrm.settings import SETTINGS, RunSettings
 from bgrm.stdio import command_line_process
 from bgrm.version import __version__
 
@@ -84,27 +83,26 @@ def _click_option(p):
     return click.option(p.flag, p.name, **kwargs)
 
 
-def run_options(timeout_default: str = "no limit: leave the option out") -> list:
-    """Where and how files run: the options ``image``, ``video`` and ``serve`` share."""
-    return [
-        click.option("-j", "--jobs", "processes", type=click.IntRange(1, 256),
-                     help="Worker processes, one file each [default: one process, "
-                          "several images at once on threads, by cores]."),
-        click.option("--timeout", type=Seconds(), metavar="SECONDS",
-                     help="A file that takes longer fails alone; its worker process is "
-                          "replaced [default: " + timeout_default + "]."),
-        click.option("--device", type=click.Choice(DEVICES), default="auto",
-                     show_default=True, help="Where the model runs."),
-        click.option("--threads", type=click.IntRange(1, 256),
-                     help="onnxruntime threads per session; video: frames in the model "
-                          "at once, one thread each [default: cores / files at once]."),
-        click.option("--engine", type=click.Choice(ENGINES), default="auto",
-                     show_default=True,
-                     help="What runs the model: auto is OpenVINO where bgrm[openvino] is "
-                          "installed and the model runs on the CPU, else onnxruntime."),
-        click.option("--scheduler", metavar="ADDRESS",
-                     help="Run the batch on a Dask cluster (tcp://HOST:PORT)."),
-    ]
+def run_options(timeout_default: str = "no limit: leave the option out",
+                serve: bool = False) -> list:
+    """Where and how files run: one option per row of ``plan.SETTINGS`` (those of
+    ``bgrm serve`` with ``serve``), values into ``plan.RunSettings``."""
+    options = []
+    for s in SETTINGS:
+        if serve and not s.serve:
+            continue
+        kwargs: dict = {"help": s.help, "metavar": s.metavar}
+        if s.kind == "int":
+            kwargs["type"] = click.IntRange(s.lo, s.hi)
+        elif s.kind == "seconds":
+            kwargs["type"] = Seconds()
+            kwargs["help"] += f" [default: {timeout_default}]"
+        elif s.kind == "choice":
+            kwargs.update(type=click.Choice(s.choices), default=s.default, show_default=True)
+        elif s.kind == "flag":
+            kwargs["is_flag"] = True
+        options.append(click.option(*s.flags, s.name, **kwargs))
+    return options
 
 
 def _decorated(decorators: list):
@@ -128,14 +126,10 @@ def job_options(job: str):
                          help="The hosted API's params as a JSON file; flags given here win."),
             click.option("-r", "--recursive", is_flag=True, help="Look into sub-folders."),
             *run_options(),
-            click.option("--skip-existing", is_flag=True,
-                         help="Leave inputs whose output already exists (resume a batch)."),
             click.option("--json", "as_json", is_flag=True,
                          help="Print the API's results object on stdout."),
             click.option("--progress/--no-progress", default=None,
                          help="Progress bar on stderr [default: when stderr is a terminal]."),
-            click.option("--traceback", "show_traceback", is_flag=True,
-                         help="Show the full traceback of failures."),
         ]
         for decorator in reversed([*(_click_option(p) for p in params_for(job)), *shared]):
             fn = decorator(fn)
@@ -252,10 +246,10 @@ cli.add_command(models)  # light: click and hashlib only; tqdm/urllib load on in
 @click.option("--allow-private-urls", is_flag=True,
               help="Let image_url and webhook_url reach loopback, private and link-local "
                    "addresses (refused by default: the network behind the server).")
-@_decorated(run_options("10 min per photo; for a video 10 min + 10 s per frame"))
+@_decorated(run_options("10 min per photo; for a video 10 min + 10 s per frame",
+                        serve=True))
 def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, max_models,
-          custom_models, allow_private_urls, processes, timeout, device, threads, engine,
-          scheduler):
+          custom_models, allow_private_urls, **run):
     """Serve the hosted API (/v1/convert/, /v1/results/) and a page at /.
 
     The hosted API's client examples work with only the domain (and key) changed.
@@ -266,12 +260,11 @@ def serve(host, port, api_key, data_dir, keep, max_upload, max_files, min_free, 
 
     service.require()  # before anything of the extra is imported
     from bgrm.engine import check_engine
-    from bgrm.serve.jobs import Limits, Settings
+    from bgrm.serve.jobs import Limits
     from bgrm.serve.units import parse_duration, parse_size
 
-    check_engine(engine, device)
-    settings = Settings(device=device, threads=threads, processes=processes,
-                        scheduler=scheduler, timeout=timeout, engine=engine)
+    settings = RunSettings.take(run)
+    check_engine(settings.engine, settings.device)
     limits = Limits(max_upload=parse_size(max_upload, "--max-upload"),
                     max_files=max_files, min_free=parse_size(min_free, "--min-free"))
     service.run(host=host, port=port, api_key=api_key, data_dir=data_dir,
@@ -287,7 +280,8 @@ def _run(ctx, job: str, kwargs: dict) -> None:
     opts = _options(job, ctx, kwargs, kwargs.pop("params_file"))
     for p in PARAMS:
         kwargs.pop(p.name, None)
-    ctx.exit(run_command(job, opts, **kwargs))
+    settings = RunSettings.take(kwargs)
+    ctx.exit(run_command(job, opts, settings=settings, **kwargs))
 
 
 def main(args: list[str] | None = None) -> None:

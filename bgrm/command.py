@@ -15,8 +15,10 @@ from bgrm.api import JOBS, Session
 from bgrm.errors import ExitStatus, OutputError, ParameterError
 from bgrm.models import ResolvedModel, resolve
 from bgrm.outputs import describe_os_error
+from bgrm.plan import executor, plan
 from bgrm.report import Result, api_results, exit_status
-from bgrm.run import Executor, Listener, Runtime, Task, executor_for
+from bgrm.run import Listener, Runtime, Task
+from bgrm.settings import RunSettings
 from bgrm.stdio import stdout_to_stderr
 
 
@@ -35,7 +37,7 @@ def _check_background(opts) -> None:
         raise ParameterError(f"--bg-image {exc}") from exc
 
 
-def _stdin_image(opts, model: ResolvedModel, device, threads, engine) -> ExitStatus:
+def _stdin_image(opts, model: ResolvedModel, settings: RunSettings) -> ExitStatus:
     """``bgrm image -``: bytes on stdin, the picture (PNG, or --format) on stdout."""
     from bgrm.image import encode
 
@@ -48,7 +50,8 @@ def _stdin_image(opts, model: ResolvedModel, device, threads, engine) -> ExitSta
     if not data:
         raise ParameterError("-: nothing on standard input")
     with stdout_to_stderr():
-        session = Session(model, device=device, threads=threads, engine=engine)
+        session = Session(model, device=settings.device, threads=settings.threads,
+                          engine=settings.engine)
         picture, decoded = session.cut(data, opts, "<stdin>")
         for note in decoded.notes:
             _say(note)
@@ -68,39 +71,6 @@ def _check_output_dir(output_dir: Path) -> None:
         read_only = os.statvfs(output_dir).f_flag & os.ST_RDONLY
         raise OutputError(f"{output_dir}: cannot write into the output folder: "
                           + ("read-only file system" if read_only else "permission denied"))
-
-
-def _plan(job: str, opts, model: ResolvedModel, files: list[Path], *, processes, device,
-          threads, skip_existing, show_traceback, scheduler, timeout, engine
-          ) -> tuple[Runtime, Executor]:
-    """How the model runs for every file, and which executor runs the files."""
-    # On a cluster each worker sizes and places its own sessions (run.cluster).
-    # One process by default: images run several files at once on its threads
-    # (batch.default_file_threads), video uses all cores per file.
-    workers = 1 if scheduler else processes or 1
-    matting = opts.matting.enabled
-    # A 1024-input model: one file at a time (a second inference at once would
-    # double its activation memory, and one already keeps every core busy).
-    file_threads = 1 if scheduler or processes or model.big else \
-        batch.default_file_threads(job, files, matting)
-    lanes = 1
-    if not scheduler:
-        at_once = max(1, min(workers * file_threads, len(files) or 1))
-        threads = threads or max(1, (os.cpu_count() or 1) // at_once)
-        if job == "video":
-            from bgrm.segment import video_lanes
-
-            threads, lanes = video_lanes(model, device, threads)
-    # The one place that decides onnxruntime's spinning for a run (the preload
-    # below, run_task and run.cluster all read runtime.spinning, so one session
-    # is made). Video overlaps decode, inference, masks and encode on threads,
-    # where spinning only steals their cores (README, Speed).
-    runtime = Runtime(model, device, threads, skip_existing, show_traceback,
-                      spinning=not matting and job == "image", lanes=lanes, engine=engine)
-    _load_or_check_model(runtime, workers, scheduler, len(files))
-    executor = executor_for(len(files), processes=workers, file_threads=file_threads,
-                            timeout=timeout, scheduler=scheduler, say=_say)
-    return runtime, executor
 
 
 def _load_or_check_model(runtime: Runtime, workers: int, scheduler: str | None,
@@ -160,19 +130,21 @@ class _Console(Listener):
             self.bar.close()
 
 
-def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, device, threads,
-                skip_existing, as_json, progress, show_traceback, scheduler, timeout=None,
-                engine="auto") -> ExitStatus:
+def run_command(job: str, opts, *, inputs, output_dir, recursive, settings: RunSettings,
+                as_json: bool = False, progress: bool | None = None) -> ExitStatus:
+    """Run ``job`` with ``opts`` on ``inputs`` under ``settings``; tell the user; the
+    exit status."""
     from bgrm.engine import check_engine
 
-    check_engine(engine, device)  # --engine openvino without it: one usage error first
+    # --engine openvino without it: one usage error first
+    check_engine(settings.engine, settings.device)
     inputs = list(inputs)
     if opts.edges.vitmatte:
         from bgrm.vitmatte import model_path
 
         model_path(opts.edges.vitmatte_model)  # missing or corrupt: one error before any work
     if "-" in inputs:
-        if job != "image" or len(inputs) > 1 or as_json or scheduler:
+        if job != "image" or len(inputs) > 1 or as_json or settings.scheduler:
             raise ParameterError("- (stdin) works for `bgrm image` with a single input "
                                  "and without --json or --scheduler")
         if output_dir is not None:
@@ -180,8 +152,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
                                  "does not apply")
         if opts.bg_type == "image":
             _check_background(opts)
-        return _stdin_image(opts, resolve(opts.model, opts.model_family), device, threads,
-                            engine)
+        return _stdin_image(opts, resolve(opts.model, opts.model_family), settings)
     if job == "image" and opts.bg_type == "image":
         _check_background(opts)
     model = resolve(opts.model, opts.model_family)
@@ -189,22 +160,21 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, processes, dev
     files = [e for e in entries if isinstance(e, Path)]
     if output_dir is not None:
         _check_output_dir(output_dir)
-    runtime, executor = _plan(job, opts, model, files, processes=processes, device=device,
-                              threads=threads, skip_existing=skip_existing,
-                              show_traceback=show_traceback, scheduler=scheduler,
-                              timeout=timeout, engine=engine)
+    how = plan(job, opts, model, files, settings)
+    _load_or_check_model(how.runtime, how.workers, settings.scheduler, len(files))
+    runner = executor(settings, len(files), how.file_threads, say=_say)
     dsts = batch.name_outputs(files, output_dir, JOBS[job].output_extension(opts), inputs)
-    tasks = [Task(job, src, dst, str(src), opts, runtime)
+    tasks = [Task(job, src, dst, str(src), opts, how.runtime)
              for src, dst in zip(files, dsts, strict=True)]
     for entry in entries:
         if isinstance(entry, Result):  # missing, the same file as an earlier input, skipped
             for line in [entry.error] if entry.error else entry.notes:
                 _say(line)
-    console = _Console(job, tasks, opts, sys.stderr.isatty() if progress is None else progress,
-                       show_traceback)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    console = _Console(job, tasks, opts, show_bar, settings.traceback)
     try:
         with stdout_to_stderr():
-            results = executor.run(tasks, console) if tasks else []
+            results = runner.run(tasks, console) if tasks else []
     finally:
         console.close()
     done = iter(results)

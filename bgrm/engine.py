@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgrm.errors import ModelError, ParameterError, first_line
+from bgrm.settings import ENGINES
 
-ENGINES = ("auto", "onnxruntime", "openvino")  # --engine, Session's engine
 INSTALL_HINT = "pip install 'bgrm[openvino]'"
 
 

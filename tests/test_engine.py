@@ -149,10 +149,13 @@ def test_serve_passes_its_engine_to_every_file(run_main, monkeypatch):
     """`bgrm serve --engine X`: checked at start, then in each request's Runtime."""
     pytest.importorskip("starlette")
     from bgrm.models import resolve
-    from bgrm.serve.jobs import Settings, runtime_for
+    from bgrm.options import ImageOptions, VideoOptions
+    from bgrm.plan import plan
+    from bgrm.settings import RunSettings
 
-    for job in ("image", "video"):
-        runtime = runtime_for(Settings(engine="onnxruntime"), job, resolve("u2netp"))
+    for job, opts in (("image", ImageOptions()), ("video", VideoOptions())):
+        runtime = plan(job, opts, resolve("u2netp"), [], RunSettings(engine="onnxruntime"),
+                       long_lived=True).runtime
         assert runtime.engine == "onnxruntime" and not runtime.spinning
     monkeypatch.setattr(engine, "openvino_installed", lambda: False)
     code, _, err = run_main("serve", "--port", "0", "--engine", "openvino")

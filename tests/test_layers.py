@@ -19,7 +19,7 @@ ROOT = Path(bgrm.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("doors", ("bgrm.__main__", "bgrm.cli", "bgrm.command", "bgrm.models_cli",
                "bgrm.serve", "bgrm.serve.*")),
-    ("planning", ("bgrm.batch", "bgrm.progress")),
+    ("planning", ("bgrm.plan", "bgrm.batch", "bgrm.progress")),
     ("library", ("bgrm", "bgrm.api")),
     ("run", ("bgrm.run", "bgrm.run.*")),
     ("media", ("bgrm.filejobs", "bgrm.image", "bgrm.video", "bgrm.video.*", "bgrm.segment",
@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "bgrm.edges", "bgrm.matte", "bgrm.vitmatte", "bgrm.foreground", "bgrm.models",
                "bgrm.models.installer", "bgrm.models.store")),
     ("leaves", ("bgrm.errors", "bgrm.outputs", "bgrm.inputs", "bgrm.compose", "bgrm.options",
-                "bgrm.report", "bgrm.stdio", "bgrm.media", "bgrm.version", "bgrm._forkserver",
+                "bgrm.report", "bgrm.stdio", "bgrm.media", "bgrm.settings", "bgrm.version", "bgrm._forkserver",
                 "bgrm.models.families", "bgrm.models.registry")),
 ]
 

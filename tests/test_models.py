@@ -718,6 +718,7 @@ def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtu
     from bgrm.command import run_command
     from bgrm.options import ImageOptions, MattingOptions
     from bgrm.report import Result
+    from bgrm.settings import RunSettings
 
     seen = []
 
@@ -725,11 +726,11 @@ def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtu
         def run(self, tasks, listener=None):
             return [Result(t.name, t.dst) for t in tasks]
 
-    def fake_executor_for(count, *, processes, file_threads, timeout, scheduler, say):
-        seen.append((processes, file_threads))
+    def fake_executor(settings, count, file_threads=1, *, long_lived=False, say):
+        seen.append((settings.processes or 1, file_threads))
         return FakeExecutor()
 
-    monkeypatch.setattr(command, "executor_for", fake_executor_for)
+    monkeypatch.setattr(command, "executor", fake_executor)
     monkeypatch.setattr(segment, "SEGMENTERS", segment.SegmenterCache())
     photos = [str(fixtures / "chelsea.png"), str(fixtures / "coffee.png")]
     big = standin_onnx(tmp_path / "big.onnx", "birefnet")
@@ -740,8 +741,8 @@ def test_a_1024_model_is_loaded_once_and_runs_one_file_at_a_time(tmp_path, fixtu
         return run_command("image", ImageOptions(model=str(model), model_family=family,
                                                  matting=matting),
                            inputs=photos, output_dir=tmp_path / "out", recursive=False,
-                           processes=jobs, device="cpu", threads=None, skip_existing=False,
-                           as_json=False, progress=False, show_traceback=True, scheduler=None)
+                           settings=RunSettings(processes=jobs, device="cpu", traceback=True),
+                           progress=False)
 
     assert go(big, "birefnet") == 0 and seen[-1] == (1, 1)
     assert [k[0][0] for k in segment.SEGMENTERS.keys()] == [str(big)]  # loaded once, before any file

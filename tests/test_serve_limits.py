@@ -207,11 +207,12 @@ def test_no_server_path_reaches_a_client():
 def test_expiry_takes_finished_failed_and_stuck_jobs_and_says_what_failed(tmp_path,
                                                                          monkeypatch):
     from bgrm.serve import jobs
-    from bgrm.serve.jobs import STUCK_S, Service, Settings
+    from bgrm.serve.jobs import STUCK_S, Service
     from bgrm.serve.store import FileRow
+    from bgrm.settings import RunSettings
 
     said = []
-    service = Service(tmp_path / "data", Settings(), said.append)
+    service = Service(tmp_path / "data", RunSettings(), said.append)
     try:
         def job(state, created_ago, finished_ago=None):
             key, folder = service.new_folder()

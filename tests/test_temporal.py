@@ -157,13 +157,13 @@ def test_a_video_run_loads_one_session_without_spinning(tmp_path, fixtures, mode
     from bgrm import segment
     from bgrm.command import run_command
     from bgrm.options import VideoOptions
+    from bgrm.settings import RunSettings
 
     clip = write_frames(tmp_path / "c.mp4", pan_frames(fixtures / "astronaut.png", frames=2))
     monkeypatch.setattr(segment, "SEGMENTERS", segment.SegmenterCache())
     status = run_command("video", VideoOptions(model="u2netp"), inputs=[str(clip)],
-                         output_dir=tmp_path / "out", recursive=False, processes=None,
-                         device="cpu", threads=None, skip_existing=False, as_json=False,
-                         progress=False, show_traceback=True, scheduler=None)
+                         output_dir=tmp_path / "out", recursive=False,
+                         settings=RunSettings(device="cpu", traceback=True), progress=False)
     assert status == 0
     assert len(segment.SEGMENTERS) == 1
     (key,) = segment.SEGMENTERS.keys()

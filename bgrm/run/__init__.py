@@ -21,8 +21,6 @@ one), and each file is ``run_task`` with the work it is handed (by default
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from bgrm.run.base import (
     Done,
     Emit,
@@ -42,24 +40,5 @@ from bgrm.run.base import (
 )
 
 __all__ = ["Done", "Emit", "Executor", "Listener", "Progress", "Runner", "Runtime", "Task",
-           "Work", "died", "executor_for", "held_path", "interrupts_ignored", "process_task",
+           "Work", "died", "held_path", "interrupts_ignored", "process_task",
            "run_task", "timed_out"]
-
-
-def executor_for(count: int, *, processes: int, file_threads: int, timeout: float | None,
-                 scheduler: str | None, say: Callable[[str], None]) -> Executor:
-    """The executor for ``count`` files: a cluster when given, ``processes`` worker
-    processes, ``file_threads`` threads of this process, or this thread alone."""
-    if scheduler:
-        from bgrm.run.cluster import Cluster
-
-        return Cluster(scheduler, timeout=timeout, say=say)
-    if processes > 1 and count > 1:
-        from bgrm.run.processes import Processes
-
-        return Processes(processes, timeout=timeout)
-    from bgrm.run.local import Inline, Threads
-
-    if file_threads > 1 and count > 1:
-        return Threads(file_threads, timeout=timeout)
-    return Inline(timeout=timeout)

@@ -27,16 +27,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bgrm.api import JOBS
+from bgrm.batch import output_name
 from bgrm.errors import BgrmError, ModelError, ParameterError
 from bgrm.models import REGISTRY, SEGMENTATION_MODELS, ResolvedModel, resolve, status
 from bgrm.options import CONVERT_TO, FOLDER_FORMATS, from_params
 from bgrm.outputs import TMP_MARK, commit, remove_leftovers, remove_tmp
+from bgrm.plan import executor, plan
 from bgrm.report import Result, api_results
-from bgrm.run import Executor, Listener, Runner, Runtime, Task, held_path
+from bgrm.run import Listener, Runner, Task, held_path
 from bgrm.serve import fetch, webhooks
 from bgrm.serve.metrics import Metrics
 from bgrm.serve.store import FileRow, JobRow, Store
 from bgrm.serve.upload import Form, FormError, Upload, extension, safe_name
+from bgrm.settings import RunSettings
 
 # A background is sent as a file in one of these fields, never named by a path.
 BACKGROUND_FIELDS = ("bg_image", "bg_video")
@@ -52,18 +55,6 @@ UNKNOWN_VIDEO_TIMEOUT_S = 6 * 3600.0  # no duration in the header
 # A job unfinished this long after its results would have expired is stuck (a
 # queue ahead of it that never moves): it expires too.
 STUCK_S = 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How every request's files run: the run options of ``bgrm serve``."""
-
-    device: str = "auto"
-    threads: int | None = None
-    processes: int | None = None
-    scheduler: str | None = None
-    timeout: float | None = None  # None: the defaults above
-    engine: str = "auto"  # bgrm.engine.choose
 
 
 @dataclass(frozen=True)
@@ -91,41 +82,6 @@ def default_timeout(tasks: list[Task]) -> float:
         worst = max(worst, VIDEO_TIMEOUT_S + VIDEO_FRAME_S * frames if frames
                     else UNKNOWN_VIDEO_TIMEOUT_S)
     return worst
-
-
-def runtime_for(settings: Settings, job: str, model) -> Runtime:
-    """How a request's files of ``job`` run the model under the service's settings."""
-    # One file at a time on every core, or the cores shared by --jobs processes;
-    # on a cluster each worker sizes its own (run.cluster).
-    threads = settings.threads or (None if settings.scheduler else max(
-        1, (os.cpu_count() or 1) // (settings.processes or 1)))
-    lanes = 1
-    if job == "video" and not settings.scheduler:
-        from bgrm.segment import video_lanes
-
-        threads, lanes = video_lanes(model, settings.device, threads)
-    # onnxruntime's threads spin between runs when allowed; here the event loop
-    # shares the cores and must get them at once.
-    return Runtime(model, settings.device, threads, spinning=False, lanes=lanes,
-                   engine=settings.engine)
-
-
-def make_executor(settings: Settings, say) -> Executor:
-    """Where the files run. Not ``executor_for``'s ``Inline``: the runner's thread
-    is not the main thread, where its --timeout timer works; ``Threads`` of one
-    file at a time has the same speed and times out anywhere."""
-    if settings.scheduler:
-        from bgrm.run.cluster import Cluster, require_dask
-
-        require_dask()
-        return Cluster(settings.scheduler, timeout=settings.timeout, say=say)
-    if settings.processes and settings.processes > 1:
-        from bgrm.run.processes import Processes
-
-        return Processes(settings.processes, timeout=settings.timeout)
-    from bgrm.run.local import Threads
-
-    return Threads(1, timeout=settings.timeout)
 
 
 def request_options(fields: dict[str, str], backgrounds: dict[str, Path],
@@ -201,14 +157,11 @@ def fetch_inputs(folder: Path, urls: list[str], first: int, budget: int,
 
 
 def _rows(inputs: list[Upload], folder: Path, ext: str) -> list[FileRow]:
-    """The files of a new job: each input's result named ``<stem>_processed.<ext>``,
-    made unique within the job."""
+    """The files of a new job: each input's result named as the command line names
+    it (``<stem>_processed.<ext>``, numbered after the first of a stem)."""
     rows, taken = [], set()
     for n, upload in enumerate(inputs):
-        stem, filename, k = Path(upload.name).stem or "file", "", 1
-        while not filename or filename in taken:
-            filename = f"{stem}_processed{'' if k == 1 else f'_{k}'}.{ext}"
-            k += 1
+        filename = output_name(Path(upload.name).stem or "file", ext, taken.__contains__)
         taken.add(filename)
         rows.append(FileRow(n, upload.name, filename, str(upload.path.relative_to(folder)),
                             f"out/{n}_processed.{ext}", "queued", None, None))
@@ -264,7 +217,7 @@ def hold(root: Path):
 class Service:
     """The data dir, its database and the runner: what the routes call."""
 
-    def __init__(self, root: Path, settings: Settings, say=lambda message: None,
+    def __init__(self, root: Path, settings: RunSettings, say=lambda message: None,
                  limits: Limits = Limits(),
                  operator_models: Mapping[str, ResolvedModel] | None = None, *,
                  keep: float = 86400.0, api_key: str | None = None,
@@ -277,7 +230,10 @@ class Service:
         self.operator_models = dict(operator_models or {})
         self.store = Store(self.root / "jobs.sqlite3")
         timeout_for = None if settings.timeout else default_timeout
-        self.runner = Runner(make_executor(settings, say), timeout_for=timeout_for)
+        # The runner's thread is not the main thread, where Inline's --timeout timer
+        # works: a long-lived runner has threads (one file at a time) or processes.
+        self.runner = Runner(executor(settings, 1, long_lived=True, say=say),
+                             timeout_for=timeout_for)
         # Frames done so far of the videos running: job -> file number -> frames.
         self.frames: dict[str, dict[int, int]] = {}
         self._thread: threading.Thread | None = None
@@ -427,7 +383,8 @@ class Service:
                 self.runner.submit(tasks, _Recorder(self, key, tasks), key=key, forget=True)
 
     def _tasks(self, job: str, opts, model, folder: Path, rows) -> dict[int, Task]:
-        runtime = runtime_for(self.settings, job, model)
+        files = [folder / r.src for r in rows]
+        runtime = plan(job, opts, model, files, self.settings, long_lived=True).runtime
         return {r.number: Task(job, folder / r.src, folder / r.dst, r.name, opts, runtime)
                 for r in rows}
 
