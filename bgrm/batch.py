@@ -194,7 +194,7 @@ def default_file_threads(kind: str, files: list[Path], matting: bool = False) ->
     of the first 8), whose PNG encoding rivals the inference. Small photos
     without matting go one at a time, each inference on all cores. The
     measured figures are in the README's Speed section (bench/bench.py).
-    ``--jobs N`` still gives N processes, each file isolated from a crash or
+    ``--workers N`` still gives N processes, each file isolated from a crash or
     out-of-memory kill of another.
     """
     if kind != "image" or len(files) < 2:

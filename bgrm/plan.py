@@ -68,7 +68,7 @@ def plan(job: str, opts, model: ResolvedModel, files: list[Path], settings: RunS
 
 def executor(settings: RunSettings, count: int, file_threads: int = 1, *,
              long_lived: bool = False, say: Callable[[str], None]) -> Executor:
-    """Where ``count`` files run: a cluster when given, ``--jobs`` worker processes,
+    """Where ``count`` files run: a cluster when given, ``--workers`` worker processes,
     threads of this process, or this thread alone. A long-lived runner (the
     service's, on a thread of its own, where ``Inline``'s SIGALRM timer cannot
     reach) always has an executor of threads or processes."""

@@ -33,9 +33,11 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("processes", ("-j", "--jobs"), "int", None,
-            "Worker processes, one file each [default: one process, several images at "
-            "once on threads, by cores].", 1, 256),
+    # --workers: "job" means an image or video job, and the service's requests;
+    # --jobs (make's word) stays as another name for it.
+    Setting("processes", ("-w", "--workers", "-j", "--jobs"), "int", None,
+            "Worker processes, one file each (also -j/--jobs) [default: one process, "
+            "several images at once on threads, by cores].", 1, 256, metavar="N"),
     Setting("timeout", ("--timeout",), "seconds", None,
             "A file that takes longer fails alone; its worker process is replaced.",
             metavar="SECONDS"),

@@ -72,3 +72,9 @@ def test_executors_by_door():
 def test_one_naming_rule(taken, expected):
     assert output_name("cat", "png", taken.__contains__) == expected
     assert output_name("clip", "", set().__contains__) == "clip_processed"
+
+
+@pytest.mark.parametrize("flag", ["--workers", "-w", "--jobs", "-j"])
+def test_workers_is_also_jobs(flag):
+    ctx = cli.commands["image"].make_context("image", ["photo.jpg", flag, "2"])
+    assert RunSettings.take(dict(ctx.params)).processes == 2
