@@ -218,9 +218,10 @@ def encode(dst: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
 
 
 def make_clips(folder: Path, size: tuple[int, int], frames: int, shots=SHOTS,
-               scenes=SCENES[:1]) -> list[Clip]:
+               scenes=SCENES[:1], keep: bool = False) -> list[Clip]:
     """Each scene's shots, encoded in ``folder``; a clip's file is named after its shot
-    in the first scene, after its scene and shot ("cat-table-pan") in the others."""
+    in the first scene, after its scene and shot ("cat-table-pan") in the others.
+    ``keep``: a clip already in ``folder`` is not encoded again (nor its masks made)."""
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
     for scene in scenes:
@@ -230,7 +231,9 @@ def make_clips(folder: Path, size: tuple[int, int], frames: int, shots=SHOTS,
             pictures, truth = render(shot, size, frames, seed, scene)
             clip = Clip(shot, folder, truth, scene)
             name = shot if scene == SCENES[0] else clip.name
-            clip.path = encode(folder / f"{name}.mp4", pictures)
+            clip.path = folder / f"{name}.mp4"
+            if not (keep and clip.path.exists()):
+                encode(clip.path, pictures)
             clips.append(clip)
     return clips
 
@@ -529,6 +532,45 @@ def picture(m: Measured, work: Path, dst: Path, shot: str = "subject", index: in
     Image.fromarray(grid).save(dst, optimize=True)
 
 
+def filter_at(rev: str):
+    """MaskFilter as it was at git revision ``rev`` of this checkout, to compare with."""
+    import importlib.util
+    import tempfile
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:bgrm/video/pipeline.py"],
+                            capture_output=True, check=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="bgrm-ref-")) / "reference_pipeline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("reference_pipeline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module.MaskFilter
+
+
+def wide(size: tuple[int, int], frames: int, work: Path, reference: str | None = None) -> str:
+    """Every scene's every shot at ``size``: the smoothing (MaskFilter(0.8), and the one
+    at git revision ``reference`` after it) replayed on per-frame masks cached in
+    ``work``, as a table of ratios to per-frame masks: dtSSD, MAD, the frames whose
+    MAD is over 1.1x their own mask's, the worst frame's."""
+    from bgrm.video.pipeline import MaskFilter
+
+    filters = [MaskFilter] + ([filter_at(reference)] if reference else [])
+    folder = work / f"{size[0]}x{size[1]}-{frames}"
+    lines = [f"| {size[1]}p, {frames} frames | dtSSD | MAD | frames > 1.1x | worst frame |",
+             "|---|---|---|---|---|"]
+    for clip in make_clips(folder, size, frames, SHOTS, SCENES, keep=True):
+        cells = []
+        for make in filters:
+            raw, smooth = replay(clip, lambda make=make: make(0.8))
+            worse = smooth.frame_mad / raw.frame_mad
+            cells.append((f"{smooth.dtssd / raw.dtssd:.2f}x", f"{smooth.mad / raw.mad:.3f}x",
+                          f"{int((worse > 1.1).sum())}", f"{worse.max():.2f}x"))
+        columns = zip(*cells, strict=True)
+        lines.append(f"| {clip.name} | " + " | ".join(" / ".join(c) for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     import argparse
     import tempfile
@@ -538,7 +580,17 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24, help="per clip")
     parser.add_argument("--reps", type=int, default=1, help="timed runs of old and new")
     parser.add_argument("--picture", type=Path, help="write the error-map picture here (PNG)")
+    parser.add_argument("--wide", type=Path, metavar="FOLDER",
+                        help="instead: every scene and shot, the smoothing replayed on "
+                             "per-frame masks cached in FOLDER (made on the first run)")
+    parser.add_argument("--reference", metavar="REV",
+                        help="with --wide: the smoothing at this git revision beside it")
     args = parser.parse_args()
+    if args.wide:
+        for text in args.sizes.split(","):
+            size = tuple(int(x) for x in text.split("x"))
+            print(wide(size, args.frames, args.wide, args.reference), flush=True)
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="bgrm-truth-") as work:
         for n, text in enumerate(args.sizes.split(",")):

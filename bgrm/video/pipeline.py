@@ -140,8 +140,11 @@ class MaskFilter:
             self._state = new
             return mask
         flow, trust = carried
-        state = _move(self._state, flow)
-        keep = self.strength * trust * self._helps(state, _move(raw, flow), new, flow)
+        # The average and the last frame's own mask, moved together (one remap).
+        state, last = np.moveaxis(_move(np.dstack((self._state, raw)), flow), 2, 0)
+        keep = self._helps(state, last, new, flow)
+        keep *= trust
+        keep *= self.strength
         self._state = new + keep * (state - new)
         return (self._state * 255.0 + 0.5).astype(np.uint8)
 
@@ -151,12 +154,19 @@ class MaskFilter:
         mask can be expected to help, from the motion (``flow``, mask pixels), how
         decisive each is, and ``last``, the last frame's own mask carried along.
         Each test can only lower it (docs/temporal.md has what each one buys)."""
-        still = np.clip(1.0 - np.hypot(flow[..., 0], flow[..., 1]) / self.GLIDE, 0.0, 1.0)
-        surer = np.abs(2.0 * new - 1.0) - np.abs(2.0 * state - 1.0)
-        lags = (np.abs(new - state) - np.abs(new - last)) / self.LAG
-        jump = (np.abs(new - last) - self.JUMP) / self.JUMP
-        return still * (1.0 - np.clip(surer / self.SURE, 0.0, 1.0)) \
-            * (1.0 - np.clip(lags, 0.0, 1.0)) * (1.0 - np.clip(jump, 0.0, 1.0))
+        import cv2
+
+        def fall(x: np.ndarray, scale: float) -> np.ndarray:  # 1 - clip(x / scale, 0, 1)
+            return np.clip(x, 0.0, scale, out=x) * np.float32(-1.0 / scale) + np.float32(1.0)
+
+        helps = fall(cv2.magnitude(flow[..., 0], flow[..., 1]), self.GLIDE)
+        surer = np.abs(new - np.float32(0.5)) - np.abs(state - np.float32(0.5))
+        helps *= fall(surer, self.SURE / 2)  # |2m - 1| = 2 |m - 0.5|
+        off, jump = cv2.absdiff(new, state), cv2.absdiff(new, last)
+        helps *= fall(off - jump, self.LAG)
+        jump -= np.float32(self.JUMP)
+        helps *= fall(jump, self.JUMP)
+        return helps
 
     def _carry(self, prev: np.ndarray, thumb: np.ndarray, shape: tuple[int, int]):
         """(the offset from each pixel of ``thumb``'s frame to where it was in ``prev``'s,
