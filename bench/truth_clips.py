@@ -559,7 +559,8 @@ def wide(size: tuple[int, int], frames: int, work: Path, reference: str | None =
     folder = work / f"{size[0]}x{size[1]}-{frames}"
     lines = [f"| {size[1]}p, {frames} frames | dtSSD | MAD | frames > 1.1x | worst frame |",
              "|---|---|---|---|---|"]
-    for clip in make_clips(folder, size, frames, SHOTS, SCENES, keep=True):
+    clips = make_clips(folder, size, frames, SHOTS, SCENES, keep=True)
+    for clip in clips:
         cells = []
         for make in filters:
             raw, smooth = replay(clip, lambda make=make: make(0.8))
@@ -568,7 +569,33 @@ def wide(size: tuple[int, int], frames: int, work: Path, reference: str | None =
                           f"{int((worse > 1.1).sum())}", f"{worse.max():.2f}x"))
         columns = zip(*cells, strict=True)
         lines.append(f"| {clip.name} | " + " | ".join(" / ".join(c) for c in columns) + " |")
+    if reference:
+        ms = replay_cost(clips[:len(SHOTS)], filters)
+        lines.append(f"\nThe smoothing's own work on the first scene's masks: {ms[0]:.2f} ms/frame, "
+                     f"{reference}'s {ms[1]:.2f} ms/frame ({ms[0] / ms[1]:.3f}x)")
     return "\n".join(lines)
+
+
+def replay_cost(clips: list[Clip], filters: list, reps: int = 5) -> list[float]:
+    """Each filter's median ms per frame on the clips' cached masks and thumbnails,
+    the filters alternated ``reps`` times so that they see the same load."""
+    import statistics
+    import time
+
+    from bgrm.video.reader import Frame
+
+    cached = [clip_masks(clip) for clip in clips]
+    frames = sum(len(masks) for masks, _ in cached)
+    times: list[list[float]] = [[] for _ in filters]
+    for _ in range(reps):
+        for make, spent in zip(filters, times, strict=True):
+            start = time.perf_counter()
+            for masks, thumbs in cached:
+                smoothing = make(0.8)
+                for i, (mask, thumb) in enumerate(zip(masks, thumbs, strict=True)):
+                    smoothing(mask, Frame(i, i / 25, None), thumb)
+            spent.append((time.perf_counter() - start) / frames * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
