@@ -231,7 +231,7 @@ def test_nothing_trails_behind_a_moving_edge(truth, shot):
 
 
 def test_smoothing_steadies_a_still_shot_much(truth):
-    """0.50x on this short clip (the first frames have little past), 0.32x on 48
+    """0.49x on this short clip (the first frames have little past), 0.31x on 48
     frames at 640x360 (docs/temporal.md); per-frame masks are 1.0x."""
     raw, smooth = truth["still"]
     assert smooth.dtssd <= 0.6 * raw.dtssd
