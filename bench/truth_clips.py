@@ -35,42 +35,67 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-SHOTS = ("still", "pan", "zoom", "handheld", "subject")
-MOVING = ("pan", "zoom", "handheld", "subject")
-# The launch pad without its rocket (a rival subject: the model cuts it out on
-# some frames and not others, and that error would drown the subject's, as
-# would the coffee cup's or the cat's); mirrored for some shots.
-BACKGROUND = {"still": True, "pan": False, "zoom": True, "handheld": False, "subject": True}
+# Camera and subject motions; "handheld" and "shaky" are the two strengths of shake.
+SHOTS = ("still", "pan", "zoom", "handheld", "shaky", "subject", "walk")
+MOVING = SHOTS[1:]
+# Cut-outs (fixture photo, its subject's height in the frame, where it stands: 1 on
+# the bottom edge) and backgrounds (a fixture photo with its own subject painted out).
+SUBJECTS = {"astronaut": ("astronaut.png", 0.68, 1.04), "cat": ("chelsea.png", 0.62, 1.03),
+            "cup": ("coffee.png", 0.5, 0.85)}
+PLATES = {"pad": "rocket.jpg", "table": "coffee.png", "studio": "astronaut.png"}
+# The first scene is the one the smoothing was designed on; the others are
+# there so that it cannot be tuned to one picture (fur, thin parts, other colours).
+SCENES = (("astronaut", "pad"), ("cat", "table"), ("cup", "studio"))
+# Mirrored backgrounds for some shots, so that shots of one scene differ.
+MIRROR = {"still": True, "pan": False, "zoom": True, "handheld": False, "shaky": True,
+          "subject": True, "walk": False}
 ROCKET = (np.s_[110:427, 285:350], np.s_[380:427, 240:400])  # rocket.jpg's rocket and pad
+SHUTTLE = (np.s_[0:300, 320:460],)  # astronaut.png's model shuttle
 NOISE = 3.0  # sensor noise, grey levels (sd) before encoding
 CRF = 20  # a phone's H.264 is about this good
 
 
-@functools.lru_cache(maxsize=1)
-def foreground() -> tuple[np.ndarray, np.ndarray]:
-    """The astronaut cut out of her photo (RGB uint8, alpha float 0..1), cropped to her.
-
-    The alpha is u2netp's mask of the photo, its faint floor taken away; it is
-    the truth of every clip by construction, whatever its own errors."""
+@functools.lru_cache(maxsize=4)
+def _model_mask(name: str) -> np.ndarray:
+    """u2netp's mask of a fixture photo, float 0..1 at the photo's size."""
     from bgrm.models import resolve
     from bgrm.segment import Segmenter
 
-    photo = Image.open(FIXTURES / "astronaut.png").convert("RGB")
-    mask = np.asarray(Segmenter(resolve("u2netp"), threads=1).mask(photo), np.float32) / 255
-    alpha = np.clip((mask - 0.06) / 0.88, 0, 1)
+    photo = Image.open(FIXTURES / name).convert("RGB")
+    return np.asarray(Segmenter(resolve("u2netp"), threads=1).mask(photo), np.float32) / 255
+
+
+@functools.lru_cache(maxsize=4)
+def foreground(subject: str = "astronaut") -> tuple[np.ndarray, np.ndarray]:
+    """A subject cut out of its photo (RGB uint8, alpha float 0..1), cropped to it.
+
+    The alpha is u2netp's mask of the photo, its faint floor taken away; it is
+    the truth of every clip by construction, whatever its own errors."""
+    photo = np.asarray(Image.open(FIXTURES / SUBJECTS[subject][0]).convert("RGB"))
+    alpha = np.clip((_model_mask(SUBJECTS[subject][0]) - 0.06) / 0.88, 0, 1)
     rows, cols = np.flatnonzero(alpha.max(1) > 0.02), np.flatnonzero(alpha.max(0) > 0.02)
     box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return np.asarray(photo)[box], alpha[box]
+    return photo[box], alpha[box]
 
 
-@functools.lru_cache(maxsize=1)
-def _launch_pad() -> Image.Image:
+@functools.lru_cache(maxsize=4)
+def plate(name: str = "pad") -> Image.Image:
+    """A background photo without a rival subject (the model would cut it out on some
+    frames and not on others, and that error would drown the subject's): the launch
+    pad without its rocket, the studio without the astronaut and the model shuttle
+    (painted out), the table's bare wood right of the saucer (a narrow strip), mirrored to a width."""
     import cv2
 
-    photo = np.asarray(Image.open(FIXTURES / "rocket.jpg").convert("RGB"))
+    photo = np.asarray(Image.open(FIXTURES / PLATES[name]).convert("RGB"))
+    if name == "table":
+        wood = photo[:, 490:]
+        return Image.fromarray(np.concatenate([wood, wood[:, ::-1], wood], 1))
     hole = np.zeros(photo.shape[:2], np.uint8)
-    for box in ROCKET:
+    for box in ROCKET if name == "pad" else SHUTTLE:
         hole[box] = 255
+    if name == "studio":
+        found = (_model_mask(PLATES[name]) > 0.1).astype(np.uint8) * 255
+        hole |= cv2.dilate(found, np.ones((25, 25), np.uint8))
     return Image.fromarray(cv2.inpaint(photo, hole, 5, cv2.INPAINT_TELEA))
 
 
@@ -83,9 +108,18 @@ def _affine(scale=1.0, angle=0.0, centre=(0.0, 0.0), shift=(0.0, 0.0)) -> np.nda
                      [s, c, cy - s * cx - c * cy + shift[1]], [0, 0, 1]])
 
 
-def _motion(shot: str, i: int, size: tuple[int, int], rng) -> tuple[np.ndarray, np.ndarray]:
-    """(camera, subject) at frame ``i``: 3x3 maps of the scene into the frame,
-    and of the subject within the scene. Speeds are per frame, in frame widths."""
+def _shake(w: int, h: int, rng, strength: float, drift: np.ndarray) -> np.ndarray:
+    """A handheld camera: a random walk (``drift``, updated) plus jitter every frame."""
+    drift += rng.normal(0, 0.004 * w * strength, 3) * (1, 1, 0)
+    dx, dy = rng.normal(0, 0.008 * w * strength, 2) + drift[:2]
+    return _affine(angle=rng.normal(0, 0.6 * strength), centre=(w / 2, h / 2), shift=(dx, dy))
+
+
+def _motion(shot: str, i: int, size: tuple[int, int], rng, frames: int = 24,
+            drift: np.ndarray | None = None, width: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """(camera, subject) at frame ``i`` of ``frames``: 3x3 maps of the scene into the
+    frame, and of the subject within the scene. Speeds are per frame, in frame widths;
+    ``width``: the subject's, as a share of the frame's (for "walk")."""
     w, h = size
     camera = subject = np.eye(3)
     if shot == "pan":
@@ -95,9 +129,18 @@ def _motion(shot: str, i: int, size: tuple[int, int], rng) -> tuple[np.ndarray, 
     elif shot == "handheld":
         dx, dy = rng.normal(0, 0.008 * w, 2)
         camera = _affine(angle=rng.normal(0, 0.6), centre=(w / 2, h / 2), shift=(dx, dy))
+    elif shot == "shaky":
+        camera = _shake(w, h, rng, 2.0, np.zeros(3) if drift is None else drift)
     elif shot == "subject":
         subject = _affine(scale=1 + 0.004 * i, angle=4 * np.sin(i / 4), centre=(w * 0.3, h),
                           shift=(0.012 * w * i, 0.01 * h * np.sin(i / 3)))
+    elif shot == "walk":
+        # In from beyond the left edge, out beyond the right: placed at 0.18 w, the
+        # subject starts with a tenth of it in the frame and ends with a tenth.
+        start, end = -0.18 * w - 0.9 * width * w, 0.82 * w - 0.1 * width * w
+        x = start + (end - start) * i / max(1, frames - 1)
+        subject = _affine(angle=3 * np.sin(i / 3), centre=(w * 0.3, h),
+                          shift=(x, 0.015 * h * abs(np.sin(i / 2))))
     return camera, subject
 
 
@@ -106,31 +149,43 @@ class Clip:
     shot: str
     path: Path
     truth: np.ndarray  # N x H x W uint8, the alpha every frame was composited with
+    scene: tuple[str, str] = SCENES[0]  # (subject, background)
+
+    @property
+    def name(self) -> str:
+        return f"{self.scene[0]}-{self.scene[1]}-{self.shot}"
 
 
-def render(shot: str, size: tuple[int, int], frames: int, seed: int = 0):
+def _background(shot: str, size: tuple[int, int], name: str) -> np.ndarray:
+    """The background photo, float RGB, covering the frame with room to pan and shake."""
+    w, h = size
+    bg = plate(name)
+    if MIRROR[shot]:
+        bg = bg.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    kb = max(1.45 * w / bg.width, 1.25 * h / bg.height)
+    return np.asarray(bg.resize((round(bg.width * kb), round(bg.height * kb)),
+                                Image.Resampling.LANCZOS), np.float32)
+
+
+def render(shot: str, size: tuple[int, int], frames: int, seed: int = 0,
+           scene: tuple[str, str] = SCENES[0]):
     """The shot's frames (RGB uint8) and their true alpha (uint8), before encoding."""
     import cv2
 
     w, h = size
     rng = np.random.default_rng(seed)
-    fg, alpha = foreground()
-    # The subject two thirds of the frame high, standing on its bottom edge (her photo
-    # ends at her waist), left of centre so that she can walk to the right.
-    k = 0.68 * h / fg.shape[0]
-    place = _affine(scale=k, shift=(0.18 * w, 1.04 * h - k * fg.shape[0]))
-    # The background covers the frame with room to pan and shake.
-    bg = _launch_pad()
-    if BACKGROUND[shot]:
-        bg = bg.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    kb = max(1.45 * w / bg.width, 1.25 * h / bg.height)
-    bg = np.asarray(bg.resize((round(bg.width * kb), round(bg.height * kb)),
-                              Image.Resampling.LANCZOS), np.float32)
+    fg, alpha = foreground(scene[0])
+    # The subject standing on (or above) the bottom edge (the astronaut's photo ends
+    # at her waist), left of centre so that it can walk to the right.
+    _, tall, foot = SUBJECTS[scene[0]]
+    k = tall * h / fg.shape[0]
+    place = _affine(scale=k, shift=(0.18 * w, foot * h - k * fg.shape[0]))
+    bg = _background(shot, size, scene[1])
     bg_place = _affine(shift=(-0.1 * w, -0.12 * h))
     fg = fg.astype(np.float32)
-    out, truth = [], []
+    out, truth, drift = [], [], np.zeros(3)
     for i in range(frames):
-        camera, subject = _motion(shot, i, size, rng)
+        camera, subject = _motion(shot, i, size, rng, frames, drift, k * fg.shape[1] / w)
         # A pan follows the subject: only the background moves in the frame.
         m_fg = ((subject if shot == "pan" else camera @ subject) @ place)[:2]
         a = cv2.warpAffine(alpha, m_fg, size, flags=cv2.INTER_AREA if k < 0.7
@@ -162,14 +217,24 @@ def encode(dst: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
     return dst
 
 
-def make_clips(folder: Path, size: tuple[int, int], frames: int,
-               shots=SHOTS) -> list[Clip]:
+def make_clips(folder: Path, size: tuple[int, int], frames: int, shots=SHOTS,
+               scenes=SCENES[:1], keep: bool = False) -> list[Clip]:
+    """Each scene's shots, encoded in ``folder``; a clip's file is named after its shot
+    in the first scene, after its scene and shot ("cat-table-pan") in the others.
+    ``keep``: a clip already in ``folder`` is not encoded again (nor its masks made)."""
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
-    for shot in shots:
-        # Each shot its own noise and shake, the same whichever shots are made.
-        pictures, truth = render(shot, size, frames, seed=SHOTS.index(shot))
-        clips.append(Clip(shot, encode(folder / f"{shot}.mp4", pictures), truth))
+    for scene in scenes:
+        for shot in shots:
+            # Each shot its own noise and shake, the same whichever shots are made.
+            seed = SHOTS.index(shot) + 10 * SCENES.index(scene)
+            pictures, truth = render(shot, size, frames, seed, scene)
+            clip = Clip(shot, folder, truth, scene)
+            name = shot if scene == SCENES[0] else clip.name
+            clip.path = folder / f"{name}.mp4"
+            if not (keep and clip.path.exists()):
+                encode(clip.path, pictures)
+            clips.append(clip)
     return clips
 
 
@@ -238,8 +303,52 @@ def run_mode(mode: str, clips: list[Clip], out: Path, env=None) -> dict[str, Sco
                           capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.decode(errors="replace")[-3000:])
-    return {c.shot: score(read_alpha(out / f"{c.path.stem}_processed"), c.truth)
+    return {c.path.stem: score(read_alpha(out / f"{c.path.stem}_processed"), c.truth)
             for c in clips}
+
+
+def clip_masks(clip: Clip, segmenter=None) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's per-frame model masks (N x 320 x 320 uint8) and flow thumbnails
+    (N x h x w x 3), as the video pipeline makes them from the decoded frames;
+    cached beside the clip, as the model is the slow part (filters are replayed
+    on them in a few ms a frame)."""
+    from bgrm.models import resolve
+    from bgrm.segment import get_segmenter
+    from bgrm.video.pipeline import MaskFilter
+    from bgrm.video.reader import VideoReader
+
+    cache = clip.path.with_suffix(".masks.npz")
+    if cache.exists():
+        with np.load(cache) as saved:
+            return saved["masks"], saved["thumbs"]
+    segmenter = segmenter or get_segmenter(resolve("u2netp"), "cpu", spinning=False)
+    masks, thumbs = [], []
+    reader = VideoReader(clip.path, clip.path.name)
+    try:
+        for frame in reader:
+            picture = Image.fromarray(frame.rgb)
+            masks.append(segmenter.predict(segmenter.prepare(picture)))
+            thumbs.append(MaskFilter.thumbnail(picture))
+    finally:
+        reader.close()
+    masks, thumbs = np.stack(masks), np.stack(thumbs)
+    np.savez(cache, masks=masks, thumbs=thumbs)
+    return masks, thumbs
+
+
+def replay(clip: Clip, make_filter, masks=None) -> tuple[Score, Score]:
+    """(per-frame masks' score, the filter's) on the clip's cached masks; ``make_filter``:
+    a MaskFilter-like class or factory, called with no argument."""
+    from bgrm.segment import upscale
+    from bgrm.video.reader import Frame
+
+    masks, thumbs = clip_masks(clip) if masks is None else masks
+    size = clip.truth.shape[2], clip.truth.shape[1]
+    smoothing, raw, smooth = make_filter(), [], []
+    for i, (mask, thumb) in enumerate(zip(masks, thumbs, strict=True)):
+        raw.append(upscale(mask, size))
+        smooth.append(upscale(smoothing(mask, Frame(i, i / 25, None), thumb), size))
+    return score(np.stack(raw), clip.truth), score(np.stack(smooth), clip.truth)
 
 
 def score_in_process(clips: list[Clip], strength: float = 0.8) -> dict[str, dict[str, Score]]:
@@ -248,27 +357,13 @@ def score_in_process(clips: list[Clip], strength: float = 0.8) -> dict[str, dict
     model input and thumbnail, u2netp, MaskFilter, rembg's upscale) in this process.
     The command's alphas (up to onnxruntime's rounding on another thread count: the
     command infers a video's frames on one thread each); half the inference."""
-    from bgrm.models import resolve
-    from bgrm.segment import get_segmenter, upscale
     from bgrm.video.pipeline import MaskFilter
-    from bgrm.video.reader import VideoReader
 
-    segmenter = get_segmenter(resolve("u2netp"), "cpu", spinning=False)
     out: dict[str, dict[str, Score]] = {"per-frame": {}, "new": {}}
     for clip in clips:
-        smoothing, alphas = MaskFilter(strength), {"per-frame": [], "new": []}
-        reader = VideoReader(clip.path, clip.path.name)
-        try:
-            for frame in reader:
-                picture = Image.fromarray(frame.rgb)
-                small = segmenter.predict(segmenter.prepare(picture))
-                alphas["per-frame"].append(upscale(small, picture.size))
-                smoothed = smoothing(small, frame, smoothing.thumbnail(picture))
-                alphas["new"].append(upscale(smoothed, picture.size))
-        finally:
-            reader.close()
-        for mode, got in alphas.items():
-            out[mode][clip.shot] = score(np.stack(got), clip.truth)
+        scores = replay(clip, lambda: MaskFilter(strength))
+        for mode, got in zip(out, scores, strict=True):
+            out[mode][clip.path.stem] = got
     return out
 
 
@@ -437,6 +532,72 @@ def picture(m: Measured, work: Path, dst: Path, shot: str = "subject", index: in
     Image.fromarray(grid).save(dst, optimize=True)
 
 
+def filter_at(rev: str):
+    """MaskFilter as it was at git revision ``rev`` of this checkout, to compare with."""
+    import importlib.util
+    import tempfile
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:bgrm/video/pipeline.py"],
+                            capture_output=True, check=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="bgrm-ref-")) / "reference_pipeline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("reference_pipeline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module.MaskFilter
+
+
+def wide(size: tuple[int, int], frames: int, work: Path, reference: str | None = None) -> str:
+    """Every scene's every shot at ``size``: the smoothing (MaskFilter(0.8), and the one
+    at git revision ``reference`` after it) replayed on per-frame masks cached in
+    ``work``, as a table of ratios to per-frame masks: dtSSD, MAD, the frames whose
+    MAD is over 1.1x their own mask's, the worst frame's."""
+    from bgrm.video.pipeline import MaskFilter
+
+    filters = [MaskFilter] + ([filter_at(reference)] if reference else [])
+    folder = work / f"{size[0]}x{size[1]}-{frames}"
+    lines = [f"| {size[1]}p, {frames} frames | dtSSD | MAD | frames > 1.1x | worst frame |",
+             "|---|---|---|---|---|"]
+    clips = make_clips(folder, size, frames, SHOTS, SCENES, keep=True)
+    for clip in clips:
+        cells = []
+        for make in filters:
+            raw, smooth = replay(clip, lambda make=make: make(0.8))
+            worse = smooth.frame_mad / raw.frame_mad
+            cells.append((f"{smooth.dtssd / raw.dtssd:.2f}x", f"{smooth.mad / raw.mad:.3f}x",
+                          f"{int((worse > 1.1).sum())}", f"{worse.max():.2f}x"))
+        columns = zip(*cells, strict=True)
+        lines.append(f"| {clip.name} | " + " | ".join(" / ".join(c) for c in columns) + " |")
+    if reference:
+        ms = replay_cost(clips[:len(SHOTS)], filters)
+        lines.append(f"\nThe smoothing's own work on the first scene's masks: {ms[0]:.2f} ms/frame, "
+                     f"{reference}'s {ms[1]:.2f} ms/frame ({ms[0] / ms[1]:.3f}x)")
+    return "\n".join(lines)
+
+
+def replay_cost(clips: list[Clip], filters: list, reps: int = 5) -> list[float]:
+    """Each filter's median ms per frame on the clips' cached masks and thumbnails,
+    the filters alternated ``reps`` times so that they see the same load."""
+    import statistics
+    import time
+
+    from bgrm.video.reader import Frame
+
+    cached = [clip_masks(clip) for clip in clips]
+    frames = sum(len(masks) for masks, _ in cached)
+    times: list[list[float]] = [[] for _ in filters]
+    for _ in range(reps):
+        for make, spent in zip(filters, times, strict=True):
+            start = time.perf_counter()
+            for masks, thumbs in cached:
+                smoothing = make(0.8)
+                for i, (mask, thumb) in enumerate(zip(masks, thumbs, strict=True)):
+                    smoothing(mask, Frame(i, i / 25, None), thumb)
+            spent.append((time.perf_counter() - start) / frames * 1e3)
+    return [statistics.median(t) for t in times]
+
+
 def main() -> None:
     import argparse
     import tempfile
@@ -446,7 +607,17 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24, help="per clip")
     parser.add_argument("--reps", type=int, default=1, help="timed runs of old and new")
     parser.add_argument("--picture", type=Path, help="write the error-map picture here (PNG)")
+    parser.add_argument("--wide", type=Path, metavar="FOLDER",
+                        help="instead: every scene and shot, the smoothing replayed on "
+                             "per-frame masks cached in FOLDER (made on the first run)")
+    parser.add_argument("--reference", metavar="REV",
+                        help="with --wide: the smoothing at this git revision beside it")
     args = parser.parse_args()
+    if args.wide:
+        for text in args.sizes.split(","):
+            size = tuple(int(x) for x in text.split("x"))
+            print(wide(size, args.frames, args.wide, args.reference), flush=True)
+        return
     results = []
     with tempfile.TemporaryDirectory(prefix="bgrm-truth-") as work:
         for n, text in enumerate(args.sizes.split(",")):

@@ -42,13 +42,15 @@ def runs(tmp_path_factory, fixtures, quick_model):
     return out
 
 
-def test_smoothing_steadies_a_real_photo_pan_and_keeps_the_subject(runs):
+def test_smoothing_keeps_a_real_photo_pan_steady_and_the_subject(runs):
     smooth, raw = runs["smooth"]["pan"], runs["raw"]["pan"]
     assert len(smooth) == len(raw) == FRAMES
     ratio = flicker(smooth) / flicker(raw)
     last = iou(smooth[-1], raw[-1])
     print(f"flicker ratio {ratio:.2f}, last-frame IoU {last:.3f}")
-    assert ratio <= 0.7, ratio
+    # The whole picture moves (a pan and zoom over one photo): the smoothing steps
+    # aside where it moves (0.97 here), and must never add flicker.
+    assert ratio <= 1.0, ratio
     assert last > 0.95, last
     # The subject is there at all: a real matte, not an empty or full frame.
     assert 0.1 < (smooth[-1] > 127).mean() < 0.9
@@ -61,12 +63,13 @@ def test_smoothing_starts_afresh_at_a_scene_cut(runs):
     assert len(smooth) == len(raw) == 12
     diff = [np.abs(s - r).mean() for s, r in zip(smooth, raw, strict=True)]
     print("mean |smoothed - per-frame| a frame:", np.round(diff, 2))
-    # Before the cut and after it, the smoothing is at work ...
-    assert max(diff[1:6]) > 1.0 and max(diff[7:]) > 0.5, diff
+    # Before the cut and after it, the smoothing is at work (a little: the stand-in's
+    # masks jump, and where they jump each frame keeps its own) ...
+    assert max(diff[1:6]) > 0.1 and max(diff[7:]) > 0.1, diff
     # ... but the first frame of the new scene is its own per-frame mask, not
     # a blend with the astronaut's.
     assert np.abs(smooth[6] - raw[6]).max() <= 2, diff[6]
-    assert diff[6] < 0.1, diff
+    assert diff[6] < 0.02, diff
 
 
 def _frame(i, rgb):
@@ -176,12 +179,16 @@ def test_a_video_run_loads_one_session_without_spinning(tmp_path, fixtures, mode
 
 # -- against the true alpha: composites whose alpha is known on every frame -----------
 
-TRUTH_SHOTS = ("still", "zoom", "handheld", "subject")
+# (scene, shot): the shots where the old smoothing made frames worse than their own
+# masks, and a still shot; other subjects than the astronaut as well.
+TRUTH_CLIPS = ((("astronaut", "pad"), "still"), (("astronaut", "pad"), "shaky"),
+               (("astronaut", "pad"), "walk"), (("cat", "table"), "subject"))
+TRUTH_FRAMES = 12
 
 
 @pytest.fixture(scope="module")
 def truth(tmp_path_factory):
-    """bench/truth_clips.py's shots, small and short, per-frame and smoothed, scored
+    """bench/truth_clips.py's clips, small and short, per-frame and smoothed, scored
     against the truth: the pipeline's steps in this process, each frame through the
     model once for both (the command's own smoothing is tested on the pan above)."""
     import sys
@@ -191,50 +198,44 @@ def truth(tmp_path_factory):
     import truth_clips
 
     d = tmp_path_factory.mktemp("truth")
-    clips = truth_clips.make_clips(d / "clips", (256, 144), 12, TRUTH_SHOTS)
-    return truth_clips.score_in_process(clips)
+    clips = [clip for scene, shot in TRUTH_CLIPS for clip in truth_clips.make_clips(
+        d / "clips", (256, 144), TRUTH_FRAMES, (shot,), (scene,))]
+    got = truth_clips.score_in_process(clips)
+    return {shot: (got["per-frame"][c.path.stem], got["new"][c.path.stem])
+            for (_, shot), c in zip(TRUTH_CLIPS, clips, strict=True)}
 
 
-@pytest.mark.parametrize("shot", ["zoom", "subject"])
-def test_smoothing_steadies_moving_shots_without_losing_accuracy(truth, shot):
-    """The old smoothing (a running average only where the picture stood still)
-    barely steadied these (dtSSD 0.92x, 0.94x) and lost accuracy (MAD 1.13x on the zoom)."""
-    raw, smooth = truth["per-frame"][shot], truth["new"][shot]
-    print(f"{shot}: dtSSD {smooth.dtssd / raw.dtssd:.3f}x, MAD {smooth.mad / raw.mad:.3f}x")
-    assert smooth.dtssd <= 0.9 * raw.dtssd
+@pytest.mark.parametrize("shot", ["shaky", "walk", "subject"])
+def test_smoothing_never_makes_a_moving_shot_worse(truth, shot):
+    """The guarantee: no more flicker (dtSSD) and no less accuracy (MAD, within 3%)
+    than per-frame masks, and no frame's MAD over 1.1x its own mask's but one in
+    twelve. The smoothing before carried its memory into these: on the walk in
+    and out, MAD 1.09x with 6 frames of 12 over 1.1x (up to 2.3x)."""
+    raw, smooth = truth[shot]
+    worse = smooth.frame_mad / raw.frame_mad
+    print(f"{shot}: dtSSD {smooth.dtssd / raw.dtssd:.3f}x, MAD {smooth.mad / raw.mad:.3f}x, "
+          f"frames {worse.round(2)}")
+    assert smooth.dtssd <= raw.dtssd
     assert smooth.mad <= 1.03 * raw.mad
+    assert (worse > 1.1).sum() <= 1, worse.round(2)
 
 
-def test_smoothing_steadies_a_handheld_shot(truth):
-    """The old smoothing: dtSSD 0.99x, MAD 1.07x."""
-    raw, smooth = truth["per-frame"]["handheld"], truth["new"]["handheld"]
-    assert smooth.dtssd <= 0.95 * raw.dtssd
-    assert smooth.mad <= 1.0 * raw.mad
-
-
-def test_no_frame_of_a_moving_subject_is_much_worse_than_its_own_mask(truth):
-    """The model loses part of the subject for a few frames; an average that
-    carries the loss into the frames where the model sees the part again makes
-    those worse than their own masks (the old smoothing 1.23x, a running
-    average along the flow alone 1.45x). Here about 1.0x."""
-    raw, smooth = truth["per-frame"]["subject"], truth["new"]["subject"]
-    worst = smooth.frame_mad / raw.frame_mad
-    assert worst.max() <= 1.2, worst.round(2)
-
-
-@pytest.mark.parametrize("shot", ["zoom", "handheld", "subject"])
+@pytest.mark.parametrize("shot", ["shaky", "walk", "subject"])
 def test_nothing_trails_behind_a_moving_edge(truth, shot):
     """Where the subject was a frame before and is no more, the smoothed alpha is
-    no higher than the per-frame one (old: +7.7 points on the zoom, +2.3 on the
-    handheld shot)."""
-    raw, smooth = truth["per-frame"][shot], truth["new"][shot]
-    assert smooth.trail <= raw.trail + 1.5, (smooth.frame_trail.round(1),
+    no higher than the per-frame one (the smoothing before: +4.4 points behind
+    the cat, +1.2 behind the astronaut walking in and out)."""
+    raw, smooth = truth[shot]
+    assert smooth.trail <= raw.trail + 1.0, (smooth.frame_trail.round(1),
                                              raw.frame_trail.round(1))
 
 
 def test_smoothing_steadies_a_still_shot_much(truth):
-    raw, smooth = truth["per-frame"]["still"], truth["new"]["still"]
-    assert smooth.dtssd <= 0.4 * raw.dtssd
+    """0.49x on this short clip (the first frames have little past), 0.31x on 48
+    frames at 640x360 (docs/temporal.md); per-frame masks are 1.0x."""
+    raw, smooth = truth["still"]
+    assert smooth.dtssd <= 0.6 * raw.dtssd
+    assert smooth.mad <= 1.03 * raw.mad
 
 
 def _texture(w, h, seed):
@@ -249,9 +250,11 @@ def _texture(w, h, seed):
 
 def test_a_part_the_model_sees_again_is_not_averaged_away():
     """On a moving picture the model loses part of the subject for three frames
-    (its mask goes grey there), then sees it again: the loss is resisted while it
-    lasts, and the first frame that sees the part again has it whole (a plain
-    running average would still hold a fifth of the loss: 0.2 x 1 + 0.8 x 0.76)."""
+    (its mask goes grey there), then sees it again: the first frame of the loss is
+    held a little (where the new mask jumps this far from the last, which frame is
+    right cannot be told, and the memory mostly steps aside), and the first frame
+    that sees the part again has it whole (a plain running average would still
+    hold a fifth of the loss: 0.2 x 1 + 0.8 x 0.76)."""
     from bgrm.video.pipeline import MaskFilter
 
     scene = _texture(400, 90, 2)
@@ -267,7 +270,7 @@ def test_a_part_the_model_sees_again_is_not_averaged_away():
         got = f(mask, _frame(i, np.ascontiguousarray(scene[:, x:x + 160])))
         part = got[8:24, 16 - dx:22 - dx]
         if i == 6:
-            assert part.mean() > 200, part.mean()  # resisted
+            assert 135 < part.mean() < 200, part.mean()  # held a little
         if i == 9:
             assert part.mean() > 245, part.mean()  # whole again at once
     assert f.cuts == []
@@ -277,7 +280,8 @@ def test_a_still_subject_stays_steady_while_the_background_pans():
     """The flow is smooth across the edge between a still subject and a panning
     background, and carried along it the subject's mask would be dragged: a
     filter that only follows the flow has to take the new mask there, and the
-    edge jitters nearly as much as the model's (0.82x here)."""
+    mask jitters as much as the model's. Each pixel that matches the last frame
+    unmoved stays, so the subject's jitter is averaged away."""
     from bgrm.video.pipeline import MaskFilter
 
     rng = np.random.default_rng(3)
@@ -287,10 +291,54 @@ def test_a_still_subject_stays_steady_while_the_background_pans():
     for i in range(12):
         rgb = np.ascontiguousarray(scene[:, 4 * i:4 * i + 160])
         rgb[20:70, 50:110] = (200, 60, 60)  # the subject, still in the frame
-        mask = np.zeros((64, 64), np.uint8)
-        top, bottom, left, right = (rng.integers(-2, 3, 4) + (14, 50, 20, 44))
-        mask[top:bottom, left:right] = 255  # its edge jitters by up to 2 pixels
-        masks.append(mask)
-        outs.append(f(mask, _frame(i, rgb)))
+        mask = np.zeros((64, 64), np.float32)
+        mask[14:50, 20:44] = 200
+        # The model's doubt about it, a little different every frame.
+        mask = np.clip(mask + rng.normal(0, 20, mask.shape), 0, 255).astype(np.uint8)
+        masks.append(mask[18:46, 24:40])
+        outs.append(f(mask, _frame(i, rgb))[18:46, 24:40])
     change = [np.abs(np.diff(np.stack(m[4:]).astype(float), axis=0)).mean() for m in (masks, outs)]
     assert change[1] < 0.7 * change[0], change
+
+
+def test_a_shaking_camera_gets_its_own_masks():
+    """The picture jumps by 8-12 pixels every frame: the model's errors move
+    with it, and an average along the motion only blurs and lags, so each frame
+    keeps its own mask (the smoothing before moved it by 6-11 levels a pixel here)."""
+    from bgrm.video.pipeline import MaskFilter
+
+    rng = np.random.default_rng(5)
+    scene = _texture(480, 300, 6)
+    f = MaskFilter(0.8)
+    for i in range(10):
+        # From one side to the other every frame, by 8-12 pixels (2.4-3.6 of the mask's).
+        dx, dy = ((-1) ** i * int(v) for v in rng.integers(4, 7, 2))
+        rgb = np.ascontiguousarray(scene[60 + dy:240 + dy, 80 + dx:400 + dx])
+        mask = np.clip(rng.normal(0, 30, (96, 96)), 0, 255).astype(np.uint8)
+        x = 30 - round(dx * 96 / 320)
+        mask[30:70, x:x + 30] = 230  # the subject, shaking with the scene
+        got = f(mask, _frame(i, rgb)).astype(int)
+        assert np.abs(got - mask).mean() < 1.0, (i, np.abs(got - mask).mean())
+
+
+def test_the_memory_steps_aside_when_the_model_changes_its_mind():
+    """On a still picture the model grows less sure of part of the subject, for
+    good: the first frame of the change is resisted (it may be jitter), the second
+    is the new mask's (a running average would still hold 0.8 x 0.8 of the change)."""
+    from bgrm.video.pipeline import MaskFilter
+
+    rng = np.random.default_rng(7)
+    rgb = _texture(160, 90, 8)
+    f = MaskFilter(0.8)
+    for i in range(10):
+        mask = np.zeros((32, 32), np.float32)
+        mask[8:24, 8:24] = 255
+        if i >= 6:
+            mask[8:24, 16:24] = 200  # its right half, for good
+        mask = np.clip(mask + rng.normal(0, 3, mask.shape), 0, 255).astype(np.uint8)
+        part = f(mask, _frame(i, rgb))[8:24, 16:24].astype(float).mean()
+        if i == 6:
+            assert part > 230, part  # resisted
+        if i >= 7:
+            assert abs(part - 200) < 6, (i, part)  # taken
+    assert f.cuts == []

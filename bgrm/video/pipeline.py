@@ -39,23 +39,35 @@ class MaskFilter:
     Masks arrive at model size (uint8), one per frame, in order, with their
     frame. With ``strength`` s > 0 the mask is a running average that moves
     with the picture: the average so far is carried to the new frame, then
-    blended with the new mask, keeping up to s of the carried one. Per-frame
-    U^2-Net masks jitter (that is the flicker) on still shots, pans, zooms,
-    shaking cameras and moving subjects alike, and the average follows all
-    of them. Each pixel is carried along the optical flow between the two
+    blended with the new mask, keeping up to s of the carried one, but only
+    where there is evidence that averaging helps; elsewhere the new mask is
+    taken as it is, so the smoothing never makes a frame much worse than its
+    own mask. Each pixel is carried along the optical flow between the two
     frames' thumbnails or not moved at all, whichever brings the last frame's
-    colour closer to this one's: the flow is smooth across the edge between a
-    still subject and a moving background, and would drag the one with the other.
-    Where the carried picture cannot be trusted the memory falls to 0 and the
-    new mask is taken as it is, so nothing trails behind a moving edge: where
-    the flow back and the flow forth do not meet (occlusions, uncovered
-    background, fast motion), where the carried colour differs much from the
-    new, and where the picture came from outside the last frame. Where the
-    picture moves, a mask more decisive than the average (nearer 0 or 1)
-    replaces more of it: the model sees a part it had lost for a few frames
-    again, and that is not averaged away. A frame the carried picture does not
-    explain at all is a scene cut and starts afresh. ``strength`` 0 means
-    per-frame masks, untouched.
+    colour closer to this one's (the flow is smooth across the edge between a
+    still subject and a moving background, and would drag the one with the
+    other). The memory steps aside, per pixel:
+
+    - where the carried picture cannot be trusted: the flow back and the flow
+      forth do not meet (occlusions, uncovered background), the carried colour
+      differs much from the new, or the picture came from outside the last frame;
+    - where the picture moves by more than a few mask pixels a frame (a pan's
+      background, a zoom, a shaking camera, a walking subject): the model's
+      errors there move with the picture, and an average along the motion
+      only blurs and lags behind them (docs/temporal.md);
+    - where the new mask is more decisive (nearer 0 or 1) than the average:
+      the model sees again a part it had lost, or drops a false one;
+    - where the average is further from the new mask than the last frame's own
+      mask is: the model has changed its mind for two frames running (a part
+      found or lost for good, a slow drift), and the average would lag behind;
+    - where the new mask differs much from the last frame's own mask carried
+      along: the flow missed the motion (fast, or over colours alike), or the
+      model flipped, and the average cannot tell which frame is right.
+
+    What is left is the jitter of masks on what stands still, which the
+    average takes out. A frame the carried picture does not explain at all is
+    a scene cut and starts afresh. ``strength`` 0 means per-frame masks,
+    untouched.
 
     The flow is OpenCV's DIS (dense inverse search), its fastest preset, on
     thumbnails of FLOW pixels across: ~1-3 ms a pair on one core, against
@@ -76,14 +88,22 @@ class MaskFilter:
     CUT = 0.1
     # Flow below this (thumbnail pixels) is noise on a still picture: taken as 0.
     STILL = 0.3
-    # A new mask this much more decisive (|2m - 1|, 0..1) than the average replaces
-    # it outright, where the picture moves by MOVING thumbnail pixels or more.
-    SURE = 1 / 3
-    MOVING = 2.0
+    # Motion (mask pixels a frame) at which the memory is gone.
+    GLIDE = 3.0
+    # A new mask this much more decisive (|2m - 1|, 0..1) than the average replaces it.
+    SURE = 0.2
+    # How much further (0..1) the average may be from the new mask than the last
+    # frame's own mask is before it is dropped.
+    LAG = 0.1
+    # A new mask this far (0..1) from the last frame's own mask, carried, and twice
+    # that or more: a motion the flow did not follow (fast, or over like colours), or
+    # the model's flip; which of the two is right, the average cannot tell.
+    JUMP = 0.3
 
     def __init__(self, strength: float):
         self.strength = strength
         self._state: np.ndarray | None = None  # float32 0..1 at model size
+        self._raw: np.ndarray | None = None  # the last frame's own mask, float32 0..1
         self._thumb: np.ndarray | None = None
         self.cuts: list[int] = []  # frame indices where the smoothing started afresh
         self._flow = None
@@ -109,25 +129,55 @@ class MaskFilter:
             thumb = self.thumbnail(Image.fromarray(frame.rgb))
         new = mask.astype(np.float32) / 255.0
         prev, self._thumb = self._thumb, thumb
+        raw, self._raw = self._raw, new
         if prev is None or self._state is None or self._state.shape != new.shape:
             self._state = new
             return mask
         # A picture of another shape is another picture.
-        carried = self._carry(prev, thumb, self._state) if prev.shape == thumb.shape else None
+        carried = self._carry(prev, thumb, new.shape) if prev.shape == thumb.shape else None
         if carried is None:
             self.cuts.append(frame.index)
             self._state = new
             return mask
-        state, trust, speed = carried
-        surer = np.abs(2.0 * new - 1.0) - np.abs(2.0 * state - 1.0)
-        fresh = np.clip(surer / self.SURE, 0.0, 1.0) * np.clip(speed / self.MOVING, 0.0, 1.0)
-        self._state = new + (self.strength * trust * (1.0 - fresh)) * (state - new)
+        flow, trust = carried
+        # The average and the last frame's own mask, moved together (one remap).
+        state, last = np.moveaxis(_move(np.dstack((self._state, raw)), flow), 2, 0)
+        keep = self._helps(state, last, new, flow)
+        keep *= trust
+        keep *= self.strength
+        self._state = new + keep * (state - new)
         return (self._state * 255.0 + 0.5).astype(np.uint8)
 
-    def _carry(self, prev: np.ndarray, thumb: np.ndarray, state: np.ndarray):
-        """(``state`` moved from ``prev``'s frame to ``thumb``'s, trust in it 0..1,
-        the picture's speed in thumbnail pixels), all at ``state``'s size; None at
-        a scene cut."""
+    def _helps(self, state: np.ndarray, last: np.ndarray, new: np.ndarray,
+               flow: np.ndarray) -> np.ndarray:
+        """0..1 per pixel: how far averaging the carried ``state`` into the ``new``
+        mask can be expected to help, from the motion (``flow``, mask pixels), how
+        decisive each is, and ``last``, the last frame's own mask carried along.
+        Each test can only lower it (docs/temporal.md has what each one buys)."""
+        import cv2
+
+        def fall(x: np.ndarray, scale: float) -> np.ndarray:  # 1 - clip(x / scale, 0, 1)
+            return np.clip(x, 0.0, scale, out=x) * np.float32(-1.0 / scale) + np.float32(1.0)
+
+        # At half the mask's size: the tests' answers vary slowly, and this is most
+        # of the smoothing's own cost.
+        size = new.shape[1], new.shape[0]
+        half = (max(1, size[0] // 2), max(1, size[1] // 2))
+        flow, state, last, new = (cv2.resize(a, half, interpolation=cv2.INTER_AREA)
+                                  for a in (flow, state, last, new))
+        helps = fall(cv2.magnitude(flow[..., 0], flow[..., 1]), self.GLIDE)
+        surer = np.abs(new - np.float32(0.5)) - np.abs(state - np.float32(0.5))
+        helps *= fall(surer, self.SURE / 2)  # |2m - 1| = 2 |m - 0.5|
+        off, jump = cv2.absdiff(new, state), cv2.absdiff(new, last)
+        helps *= fall(off - jump, self.LAG)
+        jump -= np.float32(self.JUMP)
+        helps *= fall(jump, self.JUMP)
+        return cv2.resize(helps, size, interpolation=cv2.INTER_LINEAR)
+
+    def _carry(self, prev: np.ndarray, thumb: np.ndarray, shape: tuple[int, int]):
+        """(the offset from each pixel of ``thumb``'s frame to where it was in ``prev``'s,
+        in pixels of a mask of ``shape``; trust in it, 0..1, at that size); None at a
+        scene cut."""
         import cv2
 
         motion = self._motion(prev, thumb)
@@ -135,9 +185,7 @@ class MaskFilter:
             return None
         back, trust, moved = motion
         h, w = thumb.shape[:2]
-        sh, sw = state.shape
-        speed = cv2.resize(np.hypot(back[..., 0], back[..., 1]), (sw, sh),
-                           interpolation=cv2.INTER_LINEAR)
+        sh, sw = shape
         # Where the unmoved last frame matches this one better, the pixel did not move.
         still = _colour_error(prev, thumb)
         unmoved = still <= moved
@@ -146,8 +194,7 @@ class MaskFilter:
         flow = cv2.resize(back, (sw, sh), interpolation=cv2.INTER_LINEAR)
         flow[..., 0] *= sw / w
         flow[..., 1] *= sh / h
-        return (_move(state, flow), cv2.resize(trust, (sw, sh), interpolation=cv2.INTER_LINEAR),
-                speed)
+        return flow, cv2.resize(trust, (sw, sh), interpolation=cv2.INTER_LINEAR)
 
     def _motion(self, prev: np.ndarray, thumb: np.ndarray):
         """(where each thumbnail pixel was in ``prev``, as an offset; trust in
