@@ -374,8 +374,8 @@ class Service:
                   if error}
         tasks = self._tasks(job, opts, model, folder, [r for r in rows if r.number not in failed])
         self.store.add(key, job, params, rows)
-        self.metrics.upload_bytes.inc(sum(u.size for u in inputs) + sum(
-            u.size for u in form.files if u.field in BACKGROUND_FIELDS))
+        self.metrics.upload_bytes.inc(sum(u.size for u in form.files)
+                                      + sum(u.size for u, _ in fetched))
         for number, error in failed.items():
             self.file_finished(key, job, number, error, None, None)
         if tasks:
