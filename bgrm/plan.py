@@ -62,21 +62,8 @@ def plan(job: str, opts, model: ResolvedModel, files: list[Path], settings: RunS
     spinning = not long_lived and not matting and job == "image"
     runtime = Runtime(model, settings.device, threads, settings.skip_existing,
                       settings.traceback, spinning=spinning, lanes=lanes,
-                      engine=_engine(settings.engine, job, len(files), long_lived))
+                      engine=settings.engine)
     return Plan(runtime, workers, file_threads)
-
-
-# OpenVINO's import and compile (0.33-0.53 CPU-s, against onnxruntime's 0.17) are
-# won back from about the fourth photo of a run (docs/speed.md).
-OPENVINO_FROM_FILES = 4
-
-
-def _engine(engine: str, job: str, count: int, long_lived: bool) -> str:
-    """``auto`` runs OpenVINO only where its compile is paid back: a server, a
-    video, a batch of photos; a few photos start faster on onnxruntime."""
-    if engine == "auto" and job == "image" and not long_lived and count < OPENVINO_FROM_FILES:
-        return "onnxruntime"
-    return engine
 
 
 def executor(settings: RunSettings, count: int, file_threads: int = 1, *,

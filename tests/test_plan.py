@@ -78,23 +78,3 @@ def test_one_naming_rule(taken, expected):
 def test_workers_is_also_jobs(flag):
     ctx = cli.commands["image"].make_context("image", ["photo.jpg", flag, "2"])
     assert RunSettings.take(dict(ctx.params)).processes == 2
-
-
-def test_auto_runs_openvino_only_where_its_compile_pays(fixtures):
-    """A few photos start faster on onnxruntime; a batch, a video or the service
-    keep `auto` (OpenVINO where installed); a named engine is never changed."""
-    from bgrm.plan import OPENVINO_FROM_FILES
-
-    model = resolve("u2netp")
-    few = [fixtures / "chelsea.png"] * (OPENVINO_FROM_FILES - 1)
-    many = few + [fixtures / "coffee.png"]
-
-    def engine(job, files, settings=RunSettings(), long_lived=False):
-        opts = ImageOptions() if job == "image" else VideoOptions()
-        return plan(job, opts, model, files, settings, long_lived=long_lived).runtime.engine
-
-    assert engine("image", few) == "onnxruntime"
-    assert engine("image", many) == "auto"
-    assert engine("image", few, long_lived=True) == "auto"
-    assert engine("video", few[:1]) == "auto"
-    assert engine("image", few, RunSettings(engine="openvino")) == "openvino"
