@@ -161,7 +161,7 @@ def run_command(job: str, opts, *, inputs, output_dir, recursive, settings: RunS
     if output_dir is not None:
         _check_output_dir(output_dir)
     how = plan(job, opts, model, files, settings)
-    _load_or_check_model(how.runtime, how.workers, settings.scheduler, len(files))
+    _load_or_check_model(how.runtime, settings.workers, settings.scheduler, len(files))
     runner = executor(settings, len(files), how.file_threads, say=_say)
     dsts = batch.name_outputs(files, output_dir, JOBS[job].output_extension(opts), inputs)
     tasks = [Task(job, src, dst, str(src), opts, how.runtime)

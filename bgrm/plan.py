@@ -24,7 +24,6 @@ from bgrm.settings import RunSettings
 @dataclass(frozen=True)
 class Plan:
     runtime: Runtime  # how every file runs the model
-    workers: int  # processes (1: this one; on a cluster, its own)
     file_threads: int  # files at once on threads of one process
 
 
@@ -38,8 +37,7 @@ def plan(job: str, opts, model: ResolvedModel, files: list[Path], settings: RunS
     files at once on its threads where each has work besides the model
     (``batch.default_file_threads``), a video uses every core per file.
     """
-    scheduler = settings.scheduler
-    workers = 1 if scheduler else settings.processes or 1
+    scheduler, workers = settings.scheduler, settings.workers
     matting = opts.matting.enabled
     # A 1024-input model: one file at a time (a second inference at once would
     # double its activation memory, and one already keeps every core busy).
@@ -63,7 +61,7 @@ def plan(job: str, opts, model: ResolvedModel, files: list[Path], settings: RunS
     runtime = Runtime(model, settings.device, threads, settings.skip_existing,
                       settings.traceback, spinning=spinning, lanes=lanes,
                       engine=settings.engine)
-    return Plan(runtime, workers, file_threads)
+    return Plan(runtime, file_threads)
 
 
 def executor(settings: RunSettings, count: int, file_threads: int = 1, *,
@@ -72,17 +70,16 @@ def executor(settings: RunSettings, count: int, file_threads: int = 1, *,
     threads of this process, or this thread alone. A long-lived runner (the
     service's, on a thread of its own, where ``Inline``'s SIGALRM timer cannot
     reach) always has an executor of threads or processes."""
-    workers = 1 if settings.scheduler else settings.processes or 1
     timeout = settings.timeout
     if settings.scheduler:
         from bgrm.run.cluster import Cluster, require_dask
 
         require_dask()
         return Cluster(settings.scheduler, timeout=timeout, say=say)
-    if workers > 1 and (count > 1 or long_lived):
+    if settings.workers > 1 and (count > 1 or long_lived):
         from bgrm.run.processes import Processes
 
-        return Processes(workers, timeout=timeout)
+        return Processes(settings.workers, timeout=timeout)
     from bgrm.run.local import Inline, Threads
 
     if long_lived or file_threads > 1 and count > 1:

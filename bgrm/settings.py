@@ -71,6 +71,11 @@ class RunSettings:
     skip_existing: bool = False
     traceback: bool = False
 
+    @property
+    def workers(self) -> int:
+        """Processes that run files here (on a cluster: this one, the client)."""
+        return 1 if self.scheduler else self.processes or 1
+
     @classmethod
     def take(cls, values: dict[str, Any]) -> RunSettings:
         """The settings among ``values`` (a command's parsed options), removed from it."""

@@ -51,7 +51,8 @@ def test_the_service_runs_one_file_at_a_time_without_spinning(fixtures):
         assert not video.runtime.spinning and video.runtime.threads >= 1
     with_jobs = plan("image", ImageOptions(), model, files, RunSettings(processes=2),
                      long_lived=True)
-    assert with_jobs.workers == 2
+    assert RunSettings(processes=2).workers == 2
+    assert RunSettings(processes=2, scheduler="tcp://h:1").workers == 1
     assert with_jobs.runtime.threads == max(1, (os.cpu_count() or 1) // 2)
 
 

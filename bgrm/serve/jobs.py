@@ -38,7 +38,7 @@ from bgrm.run import Listener, Runner, Task, held_path
 from bgrm.serve import fetch, webhooks
 from bgrm.serve.metrics import Metrics
 from bgrm.serve.store import FileRow, JobRow, Store
-from bgrm.serve.upload import Form, FormError, Upload, extension, safe_name
+from bgrm.serve.upload import Form, Upload, extension, safe_name, too_many_files
 from bgrm.settings import RunSettings
 
 # A background is sent as a file in one of these fields, never named by a path.
@@ -355,8 +355,7 @@ class Service:
             raise ParameterError("no files: send them as multipart file fields "
                                  "(files, or file[0], file[1]...), or image_url fields")
         if len(inputs) + len(urls) > self.limits.max_files:
-            raise FormError(f"more than {self.limits.max_files} files in one request (this "
-                            "server's --max-files); send them in several requests", 413)
+            raise too_many_files(self.limits.max_files)
         job, opts = request_options(form.fields, backgrounds, self.operator_models)
         model = model_for(opts, self.operator_models)
         for url, field in [*((u, "image_url") for u in urls), (webhook, "webhook_url")]:

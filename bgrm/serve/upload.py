@@ -86,9 +86,13 @@ class Allowance:
     max_bytes: int
     max_files: int
     room: Callable[[], int] = lambda: 1 << 62
-    files_named: str = "--max-files"
-    bytes_named: str = "--max-upload"
     uncounted: tuple[str, ...] = ()  # file fields that are not inputs (backgrounds)
+
+
+def too_many_files(max_files: int) -> FormError:
+    """The 413 of a request with more input files than ``--max-files``."""
+    return FormError(f"more than {max_files} files in one request (this server's "
+                     "--max-files); send them in several requests", 413)
 
 
 ROOM_EVERY = 8 << 20
@@ -133,9 +137,7 @@ class _Parts:
             number = len(self.form.files)
             inputs = sum(u.field not in self.allowance.uncounted for u in self.form.files)
             if name not in self.allowance.uncounted and inputs >= self.allowance.max_files:
-                raise FormError(f"more than {self.allowance.max_files} files in one request "
-                                f"(this server's {self.allowance.files_named}); send them "
-                                "in several requests", 413)
+                raise too_many_files(self.allowance.max_files)
             self._upload = Upload(name, client, self.folder / f"{number}{extension(client)}")
             self._file = open(self._upload.path, "xb")  # noqa: SIM115 - closed at part end
             self.form.files.append(self._upload)
@@ -170,7 +172,7 @@ class _Parts:
         self.written += n
         if self.written > allowance.max_bytes:
             raise FormError(f"the files of this request are over {show_size(allowance.max_bytes)}"
-                            f" (this server's {allowance.bytes_named})", 413)
+                            " (this server's --max-upload)", 413)
         if self.written - self._checked >= ROOM_EVERY:
             self._checked = self.written
             if allowance.room() < 0:
